@@ -1,14 +1,7 @@
 """Card technologies and their canonical UID sizes (SPEC.md section 3.1)."""
 
+from protocol.compat import const
 from protocol.errors import ProtocolError
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value: int) -> int:
-        return value
-
 
 EM4100 = const(1)
 ISO14443A = const(2)

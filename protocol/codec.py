@@ -9,15 +9,17 @@ the MAC, then field rules, and raises ``ProtocolError`` with the code SPEC.md pr
 import struct
 
 from protocol import card
+from protocol.compat import const
 from protocol.errors import ProtocolError
 from protocol.hmac256 import MAC_LEN, HmacSha256
 
-try:
-    from micropython import const
-except ImportError:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-    def const(value: int) -> int:
-        return value
+    Buf = bytes | bytearray | memoryview
+    Fields = dict[str, Any]
+    Key = bytes | HmacSha256
 
 
 VERSION = const(1)
@@ -53,7 +55,7 @@ OPCODE_NAMES = ("", "set_time", "set_config", "request_heartbeat", "reboot")
 STATUS_NAMES = ("ok", "unknown_opcode", "bad_args", "stale", "failed")
 # set_config keys: (name, value size, lowest, highest), indexed by key code.
 CONFIG_KEYS = (
-    None,
+    ("", 0, 0, 0),
     ("debounce_ms", 2, 100, 60000),
     ("volume", 1, 0, 100),
     ("heartbeat_s", 2, 10, 3600),
@@ -65,27 +67,27 @@ _HEARTBEAT_COUNTERS = ("time_s", "uptime_s", "free_heap", "queue_depth", "oldest
                        "dropped", "last_ack_boot", "last_ack_seq")
 
 
-def signer_for(key: "bytes | HmacSha256") -> HmacSha256:
+def signer_for(key: "Key") -> HmacSha256:
     """Accept a raw 32-byte key or an already built signer."""
     if isinstance(key, HmacSha256):
         return key
     return HmacSha256(key)
 
 
-def _index(names: tuple, name: str, what: str, first: int = 0) -> int:
+def _index(names: "tuple[str, ...]", name: str, what: str, first: int = 0) -> int:
     for i in range(first, len(names)):
         if names[i] == name:
             return i
     raise ProtocolError("bad_field", "unknown " + what + " " + repr(name))
 
 
-def _name(names: tuple, code: int, what: str, first: int = 0) -> str:
+def _name(names: "tuple[str, ...]", code: int, what: str, first: int = 0) -> str:
     if first <= code < len(names):
         return names[code]
     raise ProtocolError("bad_field", "unknown " + what + " " + str(code))
 
 
-def _check_head(data: "bytes | bytearray | memoryview", mtype: int) -> None:
+def _check_head(data: "Buf", mtype: int) -> None:
     if len(data) < 2:
         raise ProtocolError("truncated", "message shorter than its header")
     if data[0] != VERSION:
@@ -101,7 +103,7 @@ def _check_size(n: int, size: int) -> None:
         raise ProtocolError("trailing_bytes", str(n - size) + " bytes after the message")
 
 
-def _check_mac(data: "bytes | bytearray | memoryview", size: int, signer: HmacSha256) -> None:
+def _check_mac(data: "Buf", size: int, signer: HmacSha256) -> None:
     body = size - MAC_LEN
     view = memoryview(data)
     if not signer.verify(view[:body], view[body:size]):
@@ -131,7 +133,7 @@ def record_len(uid_len: int) -> int:
 
 
 def _check_record_fields(reader_id: int, boot: int, seq: int, flags: int, tech: int,
-                         uid: "bytes | bytearray | memoryview", time_ms: int) -> None:
+                         uid: "Buf", time_ms: int) -> None:
     _check_reader(reader_id)
     _check_u32(boot, "boot", 1)
     _check_u32(seq, "seq", 1)
@@ -143,7 +145,7 @@ def _check_record_fields(reader_id: int, boot: int, seq: int, flags: int, tech: 
 
 
 def record_into(buf: "bytearray | memoryview", signer: HmacSha256, reader_id: int, boot: int,
-                seq: int, flags: int, tech: int, uid: "bytes | bytearray | memoryview",
+                seq: int, flags: int, tech: int, uid: "Buf",
                 time_s: int, time_ms: int, ticks_ms: int) -> int:
     """Write a signed scan record into ``buf`` (at least 53 bytes); return its length.
 
@@ -161,7 +163,7 @@ def record_into(buf: "bytearray | memoryview", signer: HmacSha256, reader_id: in
     return body + MAC_LEN
 
 
-def record_size(data: "bytes | bytearray | memoryview") -> int:
+def record_size(data: "Buf") -> int:
     """Check a record's header and size (no MAC); return its length."""
     _check_head(data, T_RECORD)
     if len(data) < 17:
@@ -174,7 +176,7 @@ def record_size(data: "bytes | bytearray | memoryview") -> int:
     return size
 
 
-def decode_record(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_record(data: "Buf", key: "Key") -> "Fields":
     size = record_size(data)
     _check_mac(data, size, signer_for(key))
     reader_id, boot, seq, flags, tech, uid_len = struct.unpack_from(">IIIBBB", data, 2)
@@ -189,7 +191,7 @@ def decode_record(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha2
     }
 
 
-def encode_record(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_record(fields: "Fields", key: "Key") -> bytes:
     buf = bytearray(RECORD_MAX_LEN)
     n = record_into(buf, signer_for(key), fields["reader_id"], fields["boot"], fields["seq"],
                     FLAG_CLOCK_SYNCED if fields["clock_synced"] else 0,
@@ -201,7 +203,7 @@ def encode_record(fields: dict, key: "bytes | HmacSha256") -> bytes:
 # --- batch (SPEC 4) ---------------------------------------------------------------------------
 
 
-def split_batch(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> tuple:
+def split_batch(data: "Buf", key: "Key") -> "tuple[int, int, int, int, list[memoryview]]":
     """Steps 1-5 of SPEC 4.1: return ``(reader_id, boot, first_seq, last_seq, slices)``.
 
     ``slices`` are memoryviews of the records, each to be decoded on its own (step 6), so that the
@@ -217,7 +219,7 @@ def split_batch(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256
     if not 1 <= count <= BATCH_MAX_RECORDS:
         raise ProtocolError("bad_count", str(count) + " records in a batch")
     view = memoryview(data)
-    slices = []
+    slices: list[memoryview] = []
     pos = BATCH_HEADER_LEN
     for _ in range(count):
         if pos >= n:
@@ -232,11 +234,12 @@ def split_batch(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256
         pos += rec_len
     _check_size(n, pos + MAC_LEN)
     _check_mac(data, n, signer_for(key))
+    for rec in slices:
+        if struct.unpack_from(">II", rec, 2) != (reader_id, boot):
+            raise ProtocolError("identity_mismatch", "record of another reader or boot")
     previous = 0
     for rec in slices:
-        rec_reader, rec_boot, seq = struct.unpack_from(">III", rec, 2)
-        if rec_reader != reader_id or rec_boot != boot:
-            raise ProtocolError("identity_mismatch", "record of another reader or boot")
+        seq = struct.unpack_from(">I", rec, 10)[0]
         if seq <= previous:
             raise ProtocolError("bad_sequence", "record seqs not strictly ascending")
         previous = seq
@@ -245,7 +248,7 @@ def split_batch(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256
     return reader_id, boot, first_seq, last_seq, slices
 
 
-def decode_batch(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_batch(data: "Buf", key: "Key") -> "Fields":
     signer = signer_for(key)
     reader_id, boot, first_seq, last_seq, slices = split_batch(data, signer)
     return {
@@ -275,7 +278,7 @@ class BatchWriter:
         return (self.count < self.max_records
                 and self._pos + 1 + rec_len + MAC_LEN <= self.max_len)
 
-    def add(self, rec: "bytes | bytearray | memoryview") -> bool:
+    def add(self, rec: "Buf") -> bool:
         """Append one record; False (and nothing written) when the batch is full."""
         n = len(rec)
         if not self.fits(n):
@@ -301,7 +304,7 @@ class BatchWriter:
         return memoryview(self.buf)[: self._pos + MAC_LEN]
 
 
-def encode_batch(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_batch(fields: "Fields", key: "Key") -> bytes:
     signer = signer_for(key)
     records = fields["records"]
     if not 1 <= len(records) <= BATCH_MAX_RECORDS:
@@ -324,8 +327,11 @@ def encode_batch(fields: dict, key: "bytes | HmacSha256") -> bytes:
 # --- ack (SPEC 5) -----------------------------------------------------------------------------
 
 
-def _check_ack_fields(reader_id: int, first_seq: int, last_seq: int, verdicts: list) -> None:
+def _check_ack_fields(reader_id: int, boot: int, first_seq: int, last_seq: int,
+                      verdicts: "list[tuple[int, int]]") -> None:
     _check_reader(reader_id)
+    _check_u32(boot, "boot", 1)
+    _check_u32(first_seq, "first_seq", 1)
     if last_seq < first_seq:
         raise ProtocolError("bad_sequence", "ack last_seq below first_seq")
     previous = first_seq - 1
@@ -336,7 +342,7 @@ def _check_ack_fields(reader_id: int, first_seq: int, last_seq: int, verdicts: l
         _name(VERDICT_NAMES, verdict, "verdict", 1)
 
 
-def decode_ack(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_ack(data: "Buf", key: "Key") -> "Fields":
     _check_head(data, T_ACK)
     if len(data) < BATCH_HEADER_LEN:
         raise ProtocolError("truncated", "ack shorter than its header")
@@ -348,7 +354,7 @@ def decode_ack(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256"
     _check_mac(data, size, signer_for(key))
     reader_id, boot, first_seq, last_seq = struct.unpack_from(">IIII", data, 2)
     pairs = [struct.unpack_from(">IB", data, 19 + 5 * i) for i in range(count)]
-    _check_ack_fields(reader_id, first_seq, last_seq, pairs)
+    _check_ack_fields(reader_id, boot, first_seq, last_seq, pairs)
     return {
         "reader_id": reader_id, "boot": boot, "first_seq": first_seq, "last_seq": last_seq,
         "verdicts": [{"seq": seq, "verdict": VERDICT_NAMES[code]} for seq, code in pairs],
@@ -356,14 +362,14 @@ def decode_ack(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256"
     }
 
 
-def encode_ack(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_ack(fields: "Fields", key: "Key") -> bytes:
     verdicts = fields["verdicts"]
     if len(verdicts) > ACK_MAX_VERDICTS:
         raise ProtocolError("bad_count", str(len(verdicts)) + " verdicts")
     pairs = [(v["seq"], _index(VERDICT_NAMES, v["verdict"], "verdict", 1)) for v in verdicts]
-    _check_ack_fields(fields["reader_id"], fields["first_seq"], fields["last_seq"], pairs)
-    for name in ("boot", "first_seq", "last_seq"):
-        _check_u32(fields[name], name)
+    _check_ack_fields(fields["reader_id"], fields["boot"], fields["first_seq"],
+                      fields["last_seq"], pairs)
+    _check_u32(fields["last_seq"], "last_seq")
     buf = bytearray(ACK_FIXED_LEN + 5 * len(pairs))
     struct.pack_into(">BBIIIIB", buf, 0, VERSION, T_ACK, fields["reader_id"], fields["boot"],
                      fields["first_seq"], fields["last_seq"], len(pairs))
@@ -387,7 +393,7 @@ def _check_heartbeat_fields(reader_id: int, boot: int, state: int, faults: int, 
         raise ProtocolError("bad_flags", "reserved heartbeat flag set")
 
 
-def decode_heartbeat(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_heartbeat(data: "Buf", key: "Key") -> "Fields":
     _check_head(data, T_HEARTBEAT)
     _check_size(len(data), HEARTBEAT_LEN)
     _check_mac(data, HEARTBEAT_LEN, signer_for(key))
@@ -407,7 +413,7 @@ def decode_heartbeat(data: "bytes | bytearray | memoryview", key: "bytes | HmacS
     }
 
 
-def encode_heartbeat(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_heartbeat(fields: "Fields", key: "Key") -> bytes:
     faults = 0
     for name in fields["faults"]:
         faults |= 1 << _index(FAULT_NAMES, name, "fault")
@@ -441,7 +447,7 @@ def encode_heartbeat(fields: dict, key: "bytes | HmacSha256") -> bytes:
 # --- command and result (SPEC 7) --------------------------------------------------------------
 
 
-def _config_from_args(args: "bytes | bytearray | memoryview") -> dict:
+def _config_from_args(args: "Buf") -> "Fields":
     if not args:
         raise ProtocolError("bad_field", "set_config without entries")
     values = {}
@@ -468,7 +474,7 @@ def _config_from_args(args: "bytes | bytearray | memoryview") -> dict:
     return values
 
 
-def _args_from_fields(opcode: int, args: dict) -> bytes:
+def _args_from_fields(opcode: int, args: "dict[str, int]") -> bytes:
     if opcode == 1:
         time_ms = args["time_ms"]
         if not 0 <= time_ms <= 999:
@@ -498,7 +504,7 @@ def _args_from_fields(opcode: int, args: dict) -> bytes:
     return b""
 
 
-def _args_to_fields(opcode: int, args: "bytes | bytearray | memoryview") -> dict:
+def _args_to_fields(opcode: int, args: "Buf") -> "Fields":
     if opcode == 1:
         if len(args) != 6:
             raise ProtocolError("bad_field", "set_time takes 6 bytes of arguments")
@@ -513,7 +519,7 @@ def _args_to_fields(opcode: int, args: "bytes | bytearray | memoryview") -> dict
     return {}
 
 
-def decode_command(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_command(data: "Buf", key: "Key") -> "Fields":
     _check_head(data, T_COMMAND)
     if len(data) < 16:
         raise ProtocolError("truncated", "command shorter than its header")
@@ -534,7 +540,7 @@ def decode_command(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha
     }
 
 
-def encode_command(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_command(fields: "Fields", key: "Key") -> bytes:
     _check_reader(fields["reader_id"])
     _check_u32(fields["cmd_seq"], "cmd_seq", 1)
     _check_u32(fields["issued_s"], "issued_s")
@@ -547,7 +553,7 @@ def encode_command(fields: dict, key: "bytes | HmacSha256") -> bytes:
     return _sign(buf, 16 + len(args), signer_for(key))
 
 
-def decode_result(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256") -> dict:
+def decode_result(data: "Buf", key: "Key") -> "Fields":
     _check_head(data, T_RESULT)
     _check_size(len(data), RESULT_LEN)
     _check_mac(data, RESULT_LEN, signer_for(key))
@@ -559,7 +565,7 @@ def decode_result(data: "bytes | bytearray | memoryview", key: "bytes | HmacSha2
             "mac": bytes(data[RESULT_LEN - MAC_LEN :])}
 
 
-def encode_result(fields: dict, key: "bytes | HmacSha256") -> bytes:
+def encode_result(fields: "Fields", key: "Key") -> bytes:
     _check_reader(fields["reader_id"])
     _check_u32(fields["cmd_seq"], "cmd_seq", 1)
     buf = bytearray(RESULT_LEN)
@@ -576,8 +582,8 @@ _ENCODERS = {"record": encode_record, "batch": encode_batch, "ack": encode_ack,
              "heartbeat": encode_heartbeat, "command": encode_command, "result": encode_result}
 
 
-def decode(kind: str, data: "bytes | bytearray | memoryview", key: "bytes | HmacSha256 | None"
-           ) -> dict:
+def decode(kind: str, data: "Buf", key: "Key | None"
+           ) -> "Fields":
     """Decode one message of ``kind`` (``frame`` takes no key) into its canonical fields."""
     if kind == "frame":
         from protocol import frame
@@ -588,7 +594,7 @@ def decode(kind: str, data: "bytes | bytearray | memoryview", key: "bytes | Hmac
     return _DECODERS[kind](data, key)
 
 
-def encode(kind: str, fields: dict, key: "bytes | HmacSha256 | None") -> bytes:
+def encode(kind: str, fields: "Fields", key: "Key | None") -> bytes:
     """Encode canonical fields as one message of ``kind``, signed with ``key``."""
     if kind == "frame":
         from protocol import frame

@@ -3,7 +3,7 @@
 from array import array
 
 
-def _make_table() -> array:
+def _make_table() -> "array[int]":
     table = array("H", bytes(512))
     for i in range(256):
         crc = i << 8

@@ -6,16 +6,16 @@ and parses frames without allocating; ``encode``/``decode`` speak the canonical 
 """
 
 from protocol import cobs
+from protocol.compat import const
 from protocol.crc16 import crc16
 from protocol.errors import ProtocolError
 
-try:
-    from micropython import const
-except ImportError:
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-    def const(value: int) -> int:
-        return value
-
+    Buf = bytes | bytearray | memoryview
 
 POLL = const(1)
 DATA = const(2)
@@ -52,7 +52,7 @@ class FrameEncoder:
         self._wire = bytearray(MAX_WIRE)
 
     def encode(self, addr: int, ftype: int, fseq: int,
-               payload: "bytes | bytearray | memoryview" = b"") -> memoryview:
+               payload: "Buf" = b"") -> memoryview:
         n = len(payload)
         _check_fields(addr, ftype, n)
         if not 0 <= fseq <= 255:
@@ -72,7 +72,8 @@ class FrameEncoder:
         return memoryview(wire)[: size + 1]
 
 
-def decode_chunk(chunk: "bytes | bytearray | memoryview", body: "bytearray | memoryview") -> tuple:
+def decode_chunk(chunk: "Buf", body: "bytearray | memoryview"
+                 ) -> "tuple[int, int, int, memoryview]":
     """Decode the bytes between two delimiters into ``body`` (``MAX_BODY`` bytes at least).
 
     Returns ``(addr, ftype, fseq, payload)`` with ``payload`` a view into ``body``.
@@ -97,7 +98,8 @@ class FrameReader:
     addresses are the caller's to ignore.
     """
 
-    def __init__(self, on_frame: object, on_error: object) -> None:
+    def __init__(self, on_frame: "Callable[[int, int, int, memoryview], None]",
+                 on_error: "Callable[[str], None]") -> None:
         self._chunk = bytearray(MAX_CHUNK)
         self._body = bytearray(MAX_BODY)
         self._n = 0
@@ -105,7 +107,7 @@ class FrameReader:
         self._on_frame = on_frame
         self._on_error = on_error
 
-    def feed(self, data: "bytes | bytearray | memoryview") -> None:
+    def feed(self, data: "Buf") -> None:
         chunk = self._chunk
         for byte in data:
             if byte:
@@ -119,17 +121,17 @@ class FrameReader:
             self._n = 0
             if self._overflow:
                 self._overflow = False
-                self._on_error("too_large")  # type: ignore[operator]
+                self._on_error("too_large")
             elif n:
                 try:
                     addr, ftype, fseq, payload = decode_chunk(memoryview(chunk)[:n], self._body)
                 except ProtocolError as exc:
-                    self._on_error(exc.code)  # type: ignore[operator]
+                    self._on_error(exc.code)
                     continue
-                self._on_frame(addr, ftype, fseq, payload)  # type: ignore[operator]
+                self._on_frame(addr, ftype, fseq, payload)
 
 
-def decode(wire: "bytes | bytearray | memoryview") -> dict:
+def decode(wire: "Buf") -> "dict[str, Any]":
     """Decode exactly one frame given with both delimiters into its canonical fields."""
     n = len(wire)
     if n < 3 or wire[0] != 0 or wire[n - 1] != 0:
@@ -138,7 +140,7 @@ def decode(wire: "bytes | bytearray | memoryview") -> dict:
     return {"addr": addr, "ftype": FTYPE_NAMES[ftype], "fseq": fseq, "payload": bytes(payload)}
 
 
-def encode(fields: dict) -> bytes:
+def encode(fields: "dict[str, Any]") -> bytes:
     ftype = 0
     for code in range(1, len(FTYPE_NAMES)):
         if FTYPE_NAMES[code] == fields["ftype"]:

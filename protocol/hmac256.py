@@ -6,13 +6,7 @@ key, so a tag costs two hash objects and two digests and nothing else.
 
 import hashlib
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(value: int) -> int:
-        return value
-
+from protocol.compat import const
 
 _BLOCK = const(64)
 MAC_LEN = const(16)

@@ -49,7 +49,7 @@ def gateway_filter(school: str) -> str:
     return PREFIX + check_school(school) + "/+/up/#"
 
 
-def parse(name: str) -> tuple:
+def parse(name: str) -> "tuple[str, int, str, str]":
     """Split a topic into ``(school, reader_id, direction, leaf)`` or raise ``bad_topic``."""
     parts = name.split("/")
     if len(parts) != 6 or parts[0] + "/" + parts[1] + "/" != PREFIX:

@@ -375,6 +375,12 @@ add_invalid(
     "identity_mismatch",
 )
 add_invalid(
+    "batch_identity_checked_before_sequence",
+    "batch",
+    signed(batch_body(17, 3, 11, 11, [r11, r10, other_reader])),
+    "identity_mismatch",
+)
+add_invalid(
     "batch_seq_descending", "batch", signed(batch_body(17, 3, 11, 10, [r11, r10])), "bad_sequence"
 )
 add_invalid(
@@ -496,6 +502,8 @@ add_invalid(
     "bad_sequence",
 )
 add_invalid("ack_range_reversed", "ack", signed(ack_body(17, 3, 14, 10, [])), "bad_sequence")
+add_invalid("ack_boot_0", "ack", signed(ack_body(17, 0, 10, 14, [])), "bad_field")
+add_invalid("ack_first_seq_0", "ack", signed(ack_body(17, 3, 0, 14, [])), "bad_field")
 add_invalid("ack_reader_id_0", "ack", signed(ack_body(0, 3, 10, 14, [])), "bad_field")
 
 
