@@ -1,0 +1,1 @@
+"""The school gateway: ingest, verification and (growing) storage and forwarding of scan records."""
