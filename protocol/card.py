@@ -39,3 +39,131 @@ def check_uid(tech: int, uid: bytes | bytearray | memoryview) -> None:
         raise ProtocolError("bad_card", TECH_NAMES[tech] + " UID cannot be " + str(n) + " bytes")
     if tech == WIEGAND37 and uid[0] & 0xF8:
         raise ProtocolError("bad_card", "wiegand37 UID has padding bits set")
+
+
+# --- captures from readers: RDM6300-style EM4100 UART frames and Wiegand bit trains -----------
+
+EM4100_FRAME_LEN = const(14)  # STX, 10 hex digits of data, 2 of XOR checksum, ETX
+_STX = const(0x02)
+_ETX = const(0x03)
+
+
+def _hex_value(ch: int) -> int:
+    if 0x30 <= ch <= 0x39:
+        return ch - 0x30
+    if 0x41 <= ch <= 0x46:
+        return ch - 0x37
+    if 0x61 <= ch <= 0x66:
+        return ch - 0x57
+    raise ProtocolError("bad_framing", "non-hex character " + str(ch) + " in EM4100 frame")
+
+
+def em4100_frame_into(frame: "bytes | bytearray | memoryview",
+                      out: "bytearray | memoryview") -> None:
+    """Decode a 14-byte RDM6300 frame into the 5 canonical UID bytes in ``out``.
+
+    Raises ``bad_framing`` (length, STX/ETX, non-hex) or ``bad_crc`` (XOR checksum).
+    """
+    if len(frame) != EM4100_FRAME_LEN or frame[0] != _STX or frame[13] != _ETX:
+        raise ProtocolError("bad_framing", "EM4100 frame is STX, 12 hex digits, ETX")
+    check = 0
+    for i in range(6):
+        value = (_hex_value(frame[1 + 2 * i]) << 4) | _hex_value(frame[2 + 2 * i])
+        if i < 5:
+            out[i] = value
+            check ^= value
+        elif value != check:
+            raise ProtocolError("bad_crc", "EM4100 frame checksum mismatch")
+
+
+# Wiegand: (tech, total bits, data bits, bits covered by the leading even parity (itself included),
+# first bit covered by the trailing odd parity). Facility/number split is in _WIEGAND_FIELDS.
+_WIEGAND = ((WIEGAND26, 26, 24, 13, 13), (WIEGAND34, 34, 32, 17, 17), (WIEGAND37, 37, 35, 19, 18))
+_WIEGAND_FIELDS = ((WIEGAND26, 8, 16), (WIEGAND34, 16, 16), (WIEGAND37, 16, 19))
+
+
+def _wiegand_layout(nbits: int) -> "tuple[int, int, int, int, int]":
+    for layout in _WIEGAND:
+        if layout[1] == nbits:
+            return layout
+    raise ProtocolError("bad_card", "unsupported Wiegand length " + str(nbits))
+
+
+def wiegand_into(bits: "bytes | bytearray | memoryview", nbits: int,
+                 out: "bytearray | memoryview") -> int:
+    """Decode ``nbits`` Wiegand bits (one 0/1 per byte, first received first) into ``out``.
+
+    Returns the technology code; the canonical UID is the data bits without parity, right-aligned
+    in ``uid_len`` bytes. Raises ``bad_card`` for an unsupported length and ``bad_crc`` for parity.
+    """
+    tech, total, data, even_span, odd_start = _wiegand_layout(nbits)
+    ones = 0
+    for i in range(even_span):
+        ones += bits[i]
+    if ones & 1:
+        raise ProtocolError("bad_crc", "Wiegand leading even parity fails")
+    ones = 0
+    for i in range(odd_start, total):
+        ones += bits[i]
+    if not ones & 1:
+        raise ProtocolError("bad_crc", "Wiegand trailing odd parity fails")
+    n = (data + 7) // 8
+    for i in range(n):
+        out[i] = 0
+    pad = n * 8 - data
+    for i in range(data):
+        if bits[1 + i]:
+            pos = pad + i
+            out[pos >> 3] |= 0x80 >> (pos & 7)
+    return tech
+
+
+def _int(uid: "bytes | bytearray | memoryview", start: int = 0) -> int:
+    value = 0
+    for i in range(start, len(uid)):
+        value = (value << 8) | uid[i]
+    return value
+
+
+def wiegand_fields(tech: int, uid: "bytes | bytearray | memoryview") -> "tuple[int, int]":
+    """``(facility, card number)`` of a canonical Wiegand UID."""
+    check_uid(tech, uid)
+    for code, _facility_bits, number_bits in _WIEGAND_FIELDS:
+        if code == tech:
+            value = _int(uid)
+            return value >> number_bits, value & ((1 << number_bits) - 1)
+    raise ProtocolError("bad_card", TECH_NAMES[tech] + " has no facility code")
+
+
+def _pad(value: int, width: int) -> str:
+    text = str(value)
+    return "0" * (width - len(text)) + text if len(text) < width else text
+
+
+def _hex(uid: "bytes | bytearray | memoryview") -> str:
+    digits = "0123456789ABCDEF"
+    return "".join(digits[b >> 4] + digits[b & 15] for b in uid)
+
+
+def printed_forms(tech: int, uid: "bytes | bytearray | memoryview") -> "dict[str, str]":
+    """The forms operators find printed on cards or shown by desk readers, by name.
+
+    ``hex`` always; EM4100: ``decimal10`` (low 32 bits, 10 digits) and ``facility_number``
+    ("FFF,NNNNN" of the low 24 bits, the "8H10D" pair printed on cards); Wiegand: ``decimal`` of
+    the data bits and ``facility_number``; ISO 14443A: ``decimal`` (big-endian) and
+    ``reversed_decimal`` (bytes reversed, as many USB desk readers type it).
+    """
+    check_uid(tech, uid)
+    forms = {"hex": _hex(uid)}
+    if tech == EM4100:
+        low = _int(uid, 1)
+        forms["decimal10"] = _pad(low, 10)
+        forms["facility_number"] = _pad((low >> 16) & 0xFF, 3) + "," + _pad(low & 0xFFFF, 5)
+    elif tech == ISO14443A:
+        forms["decimal"] = str(_int(uid))
+        forms["reversed_decimal"] = _pad(_int(bytes(reversed(bytes(uid)))), 10)
+    else:
+        facility, number = wiegand_fields(tech, uid)
+        forms["decimal"] = str(_int(uid))
+        forms["facility_number"] = str(facility) + "," + str(number)
+    return forms
