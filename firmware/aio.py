@@ -1,0 +1,37 @@
+"""asyncio helpers with the same spelling on MicroPython and CPython.
+
+MicroPython has ``sleep_ms``/``wait_for_ms`` and ``asyncio.TimeoutError`` but no builtin
+``TimeoutError``, so firmware catches ``asyncio.TimeoutError`` (the same class on CPython).
+"""
+
+import asyncio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+    from typing import Any
+
+    async def sleep_ms(ms: int) -> None: ...
+
+    async def wait_ms(awaitable: "Awaitable[Any]", ms: int) -> bool: ...
+
+else:
+    _NATIVE = hasattr(asyncio, "sleep_ms")
+
+    if _NATIVE:
+        sleep_ms = asyncio.sleep_ms
+    else:
+
+        async def sleep_ms(ms):
+            await asyncio.sleep(ms / 1000)
+
+    async def wait_ms(awaitable, ms):
+        """Await ``awaitable`` for at most ``ms``; False (and it is cancelled) on timeout."""
+        try:
+            if _NATIVE:
+                await asyncio.wait_for_ms(awaitable, ms)
+            else:
+                await asyncio.wait_for(awaitable, ms / 1000)
+        except asyncio.TimeoutError:
+            return False
+        return True
