@@ -1,0 +1,1 @@
+"""Technician tools, installed as console scripts (attendance-card, and later provisioning)."""
