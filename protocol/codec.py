@@ -283,7 +283,7 @@ class BatchWriter:
         n = len(rec)
         if not self.fits(n):
             return False
-        seq = struct.unpack_from(">I", rec, 10)[0]
+        seq = (rec[10] << 24) | (rec[11] << 16) | (rec[12] << 8) | rec[13]  # no tuple
         if self.count == 0:
             self._first = seq
         self._last = seq
