@@ -5,10 +5,11 @@ root directory and a hardware builder made of emulators instead of ``firmware.hw
 """
 
 import asyncio
+import gc
+import sys
 
+import firmware
 from firmware.app import ReaderApp
-from firmware.board import load_profile
-from firmware.bootcount import BootCounter
 from firmware.clock import Clock
 from firmware.config import check_key, parse_config
 from firmware.fs import FS, join
@@ -26,8 +27,23 @@ def _read(fs: FS, path: str) -> bytes:
     return data
 
 
+_BOOT_ONLY = ("board", "bootcount")
+
+
+def _forget_boot_only_modules() -> None:
+    """Modules needed only to start free their RAM (as .mpy, code lives on the heap)."""
+    for name in _BOOT_ONLY:
+        sys.modules.pop("firmware." + name, None)
+        if hasattr(firmware, name):
+            delattr(firmware, name)
+    gc.collect()
+
+
 def boot(fs: FS, root: str, hardware: "Any") -> ReaderApp:
     """Build the application from the files under ``root`` (config.json, key.bin, boards/)."""
+    from firmware.board import load_profile
+    from firmware.bootcount import BootCounter
+
     config = parse_config(_read(fs, join(root, "config.json")).decode())
     key = check_key(_read(fs, join(root, "key.bin")))
     profile, _ = load_profile(_read(fs, join(root, "boards/" + config.board + ".json")).decode())
@@ -35,9 +51,11 @@ def boot(fs: FS, root: str, hardware: "Any") -> ReaderApp:
     fs.makedirs(join(data, "queue"))
     queue = RecordQueue(fs, join(data, "queue"), capacity=config.get("queue_capacity")).open()
     boot_number = BootCounter(fs, data).advance(floor=queue.max_boot)
-    return ReaderApp(config, key, boot_number, hardware.build_reader(profile),
-                     hardware.build_feedback(profile, config.get("volume")), queue,
-                     Clock(set_rtc=hardware.set_rtc), hardware.build_watchdog())
+    app = ReaderApp(config, key, boot_number, hardware.build_reader(profile),
+                    hardware.build_feedback(profile, config.get("volume")), queue,
+                    Clock(set_rtc=hardware.set_rtc), hardware.build_watchdog())
+    _forget_boot_only_modules()
+    return app
 
 
 def run() -> None:

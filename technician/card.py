@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Any
 
-from protocol import card
+from protocol import card, cardforms
 from protocol.errors import ProtocolError
 
 FORMATS = {
@@ -50,7 +50,7 @@ def decode(fmt: str, capture: str) -> dict[str, Any]:
         raise ValueError(f"unknown format {fmt}")
     card.check_uid(tech, uid)
     return {"tech": card.TECH_NAMES[tech], "uid": uid.hex().upper(), "uid_len": len(uid),
-            "forms": card.printed_forms(tech, uid)}
+            "forms": cardforms.printed_forms(tech, uid)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import os
 from firmware.bootcount import BootCounter
 from firmware.fs import FS
 from firmware.queue import RecordQueue
-from protocol import codec
+from protocol import codec, peer
 from protocol.hmac256 import HmacSha256
 
 TYPE_CHECKING = False
@@ -169,7 +169,7 @@ def drain(q: RecordQueue, max_records: int = 64, boot_hint: int = 0) -> "list[An
         if not count:
             assert q.depth == 0, "fill found nothing but depth is " + str(q.depth)
             return out
-        reader, b, first, last, recs = codec.split_batch(writer.finish(SIGNER, READER_ID, boot),
+        reader, b, first, last, recs = peer.split_batch(writer.finish(SIGNER, READER_ID, boot),
                                                           SIGNER)
         assert (reader, b) == (READER_ID, boot)
         for r in recs:

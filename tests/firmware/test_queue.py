@@ -13,7 +13,7 @@ import pytest
 
 from firmware.fs import FS
 from firmware.queue import HEADER, LOG, SLOT, RecordQueue
-from protocol import codec
+from protocol import codec, peer
 from tests.firmware import powercut
 from tests.firmware.powercut import SIGNER, drain, record
 from tests.mpvm import MPVM
@@ -52,9 +52,9 @@ def test_append_flush_reopen_fill_ack(tmp_path: Path) -> None:
     assert q.depth == 10 and q.max_boot == 3
     writer = codec.BatchWriter(max_records=4)
     assert q.fill(writer, 0) == (3, 4)
-    batch = codec.decode_batch(bytes(writer.finish(SIGNER, powercut.READER_ID, 3)), SIGNER)
+    batch = peer.decode_batch(bytes(writer.finish(SIGNER, powercut.READER_ID, 3)), SIGNER)
     assert [r["seq"] for r in batch["records"]] == [1, 2, 3, 4]
-    assert codec.encode_record(batch["records"][0], SIGNER) == record(3, 1)  # bytes unchanged
+    assert peer.encode_record(batch["records"][0], SIGNER) == record(3, 1)  # bytes unchanged
     assert q.ack(3, 1, 4) == 4
     assert q.depth == 6
     assert len(segments(tmp_path)) == 2  # the first segment (seqs 1-4) is gone
@@ -136,7 +136,7 @@ def test_batch_limits_are_respected(tmp_path: Path) -> None:
     boot, count = q.fill(writer)
     batch = writer.finish(SIGNER, powercut.READER_ID, boot)
     assert len(batch) <= 1024 and 0 < count < 64
-    assert len(codec.split_batch(batch, SIGNER)[4]) == count
+    assert len(peer.split_batch(batch, SIGNER)[4]) == count
 
 
 # --- acknowledgement ---------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_out_of_order_range_acks(tmp_path: Path) -> None:
     assert q.depth == 20
     writer = codec.BatchWriter(max_records=64)
     assert q.fill(writer) == (5, 20)
-    batch = codec.split_batch(writer.finish(SIGNER, powercut.READER_ID, 5), SIGNER)
+    batch = peer.split_batch(writer.finish(SIGNER, powercut.READER_ID, 5), SIGNER)
     assert [int.from_bytes(r[10:14], "big") for r in batch[4]] == [
         *range(1, 17), *range(29, 33)]
     assert q.ack(5, 1, 32) == 20
@@ -184,7 +184,7 @@ def test_ack_state_stays_small(tmp_path: Path) -> None:
         seq += 16
         writer = codec.BatchWriter(max_records=5)
         boot, _ = q.fill(writer)
-        batch = codec.split_batch(writer.finish(SIGNER, powercut.READER_ID, boot), SIGNER)
+        batch = peer.split_batch(writer.finish(SIGNER, powercut.READER_ID, boot), SIGNER)
         q.ack(boot, batch[2], batch[3])
         q.ack(1, seq - 3, seq)  # and the live tail, out of order
         assert len(q._rb) <= 8

@@ -3,7 +3,7 @@
 import json
 from binascii import hexlify, unhexlify
 
-from protocol import codec
+from protocol import peer
 from protocol.errors import ProtocolError
 
 BYTES_FIELDS = ("uid", "mac", "payload")
@@ -41,11 +41,11 @@ for case in vectors["valid"]:
     key = keys[case["key"]] if case["key"] else None
     data = unhexlify(case["hex"])
     try:
-        fields = hexed(codec.decode(case["kind"], data, key))
+        fields = hexed(peer.decode(case["kind"], data, key))
         if fields != case["fields"]:
             report(case["name"], False, "fields " + json.dumps(fields))
             continue
-        again = codec.encode(case["kind"], unhexed(case["fields"]), key)
+        again = peer.encode(case["kind"], unhexed(case["fields"]), key)
         if again != data:
             report(case["name"], False, "re-encoded " + hexlify(again).decode())
             continue
@@ -56,7 +56,7 @@ for case in vectors["valid"]:
 for case in vectors["invalid"]:
     key = keys[case["key"]] if case["key"] else None
     try:
-        codec.decode(case["kind"], unhexlify(case["hex"]), key)
+        peer.decode(case["kind"], unhexlify(case["hex"]), key)
         report(case["name"], False, "accepted")
     except ProtocolError as exc:
         report(case["name"], exc.code == case["error"], "code " + exc.code)
@@ -71,7 +71,7 @@ for case in vectors["valid"]:
     for i in range(len(data)):
         data[i] ^= 0xFF
         try:
-            codec.decode("record", data, keys[case["key"]])
+            peer.decode("record", data, keys[case["key"]])
             accepted.append(i)
         except ProtocolError:
             pass

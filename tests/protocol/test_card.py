@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import card
+from protocol import card, cardforms
 from protocol.errors import ProtocolError
 
 
@@ -78,29 +78,28 @@ def test_wiegand_unsupported_length() -> None:
 
 
 def test_printed_forms() -> None:
-    assert card.printed_forms(card.EM4100, bytes.fromhex("0f002c8a91")) == {
+    assert cardforms.printed_forms(card.EM4100, bytes.fromhex("0f002c8a91")) == {
         "hex": "0F002C8A91", "decimal10": "0002919057", "facility_number": "044,35473"}
-    assert card.printed_forms(card.ISO14443A, bytes.fromhex("04a1b2c3")) == {
+    assert cardforms.printed_forms(card.ISO14443A, bytes.fromhex("04a1b2c3")) == {
         "hex": "04A1B2C3", "decimal": "77705923", "reversed_decimal": "3283263748"}
-    assert card.printed_forms(card.WIEGAND26, bytes.fromhex("7b3039")) == {
+    assert cardforms.printed_forms(card.WIEGAND26, bytes.fromhex("7b3039")) == {
         "hex": "7B3039", "decimal": "8073273", "facility_number": "123,12345"}
-    assert card.printed_forms(card.WIEGAND37, bytes.fromhex("07ffffffff"))["facility_number"] == \
-        "65535,524287"
-    assert card.printed_forms(card.WIEGAND34, bytes.fromhex("04d23039"))["facility_number"] == \
-        "1234,12345"
+    forms = cardforms.printed_forms
+    assert forms(card.WIEGAND37, bytes.fromhex("07ffffffff"))["facility_number"] == "65535,524287"
+    assert forms(card.WIEGAND34, bytes.fromhex("04d23039"))["facility_number"] == "1234,12345"
 
 
 def test_card_functions_on_micropython(mpvm: Any) -> None:
     frame = em4100_frame(bytes.fromhex("0f002c8a91"))
     bits = wiegand_bits(26, (123 << 16) | 12345)
     code = f"""
-from protocol import card
+from protocol import card, cardforms
 out = bytearray(5)
 card.em4100_frame_into({frame!r}, out)
-print(out.hex(), card.printed_forms(card.EM4100, out)["decimal10"])
+print(out.hex(), cardforms.printed_forms(card.EM4100, out)["decimal10"])
 tech = card.wiegand_into({bits!r}, 26, out)
-print(tech, out[:3].hex(), card.printed_forms(tech, out[:3])["facility_number"])
-print(card.printed_forms(card.ISO14443A, bytes([4, 0xa1, 0xb2, 0xc3]))["reversed_decimal"])
+print(tech, out[:3].hex(), cardforms.printed_forms(tech, out[:3])["facility_number"])
+print(cardforms.printed_forms(card.ISO14443A, bytes([4, 0xa1, 0xb2, 0xc3]))["reversed_decimal"])
 """
     assert mpvm.run(code).split() == ["0f002c8a91", "0002919057", "3", "7b3039", "123,12345",
                                       "3283263748"]

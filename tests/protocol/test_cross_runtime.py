@@ -51,7 +51,7 @@ print(json.dumps({"records": out,
 DECODE_ON_MICROPYTHON = """
 import json
 from binascii import hexlify, unhexlify
-from protocol import codec
+from protocol import peer
 
 def hexed(v):
     if isinstance(v, (bytes, bytearray, memoryview)):
@@ -64,7 +64,7 @@ def hexed(v):
 
 key = unhexlify(KEY)
 for kind, data in json.loads(MESSAGES):
-    print(json.dumps(hexed(codec.decode(kind, unhexlify(data), key))))
+    print(json.dumps(hexed(peer.decode(kind, unhexlify(data), key))))
 """
 
 

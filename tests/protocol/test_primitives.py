@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import cobs, frame
-from protocol.codec import BatchWriter, decode_batch, record_into, split_batch
+from protocol.codec import BatchWriter, record_into
 from protocol.crc16 import crc16
 from protocol.errors import ProtocolError
 from protocol.hmac256 import HmacSha256
+from protocol.peer import decode_batch, split_batch
 
 # RFC 4231 test cases 1, 2 and 6 (a key longer than the block size).
 RFC4231 = [

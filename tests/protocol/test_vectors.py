@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from protocol import codec, construct_codec
+from protocol import construct_codec, peer
 from protocol.errors import ProtocolError
 from tests.protocol.vectors import VECTORS_PATH, case_id, hexed, key, unhexed, vectors
 
 CODECS: dict[str, tuple[Callable[..., Any], Callable[..., bytes]]] = {
-    "runtime_neutral": (codec.decode, codec.encode),
+    "runtime_neutral": (peer.decode, peer.encode),
     "construct": (construct_codec.decode, construct_codec.encode),
 }
 VALID = vectors()["valid"]
