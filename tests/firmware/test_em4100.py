@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.drivers.em4100 import Em4100Reader
-from protocol.card import EM4100, printed_forms
+from protocol.card import EM4100
+from protocol.cardforms import printed_forms
 from tests.firmware.emulators import rdm6300
 from tests.firmware.emulators.rdm6300 import Rdm6300, bad_checksum_frame, frame
 

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.drivers.wiegand import WiegandReader
-from protocol.card import WIEGAND26, WIEGAND34, WIEGAND37, wiegand_fields
+from protocol.card import WIEGAND26, WIEGAND34, WIEGAND37
+from protocol.cardforms import wiegand_fields
 from tests.firmware.emulators import wiegand as wiegand_emu
 from tests.firmware.emulators.wiegand import (
     TICKS_PERIOD,
