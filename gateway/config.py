@@ -1,14 +1,61 @@
-"""The gateway's TOML configuration, validated: every bad or missing value names its key."""
+"""The gateway's TOML configuration, validated: every bad or missing value names its key.
+
+```toml
+[gateway]
+school = "thcs-nguyen-du"            # MQTT topic segment: a-z 0-9 -
+database = "/var/lib/attendance/gateway.db"
+master_key_file = "/etc/attendance/master.key"   # seals reader keys at rest (gateway/keystore.py)
+timezone = "Asia/Ho_Chi_Minh"
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+username = "gateway"
+password_file = "/etc/attendance/mqtt.password"
+keepalive_s = 30
+
+[ingest]
+group_commit_ms = 5        # batches arriving within this window share one durable commit
+group_commit_max = 512     # ... up to this many records
+repeat_window_s = 120      # repeated taps of one card at one gate within this make one event
+
+[[rs485]]                  # one table per bus; readers on it are registered with their address
+port = "/dev/ttyUSB0"
+baudrate = 115200
+
+[attendance]
+school_days = ["mon", "tue", "wed", "thu", "fri", "sat"]
+holidays = ["2026-09-02", "2027-01-01"]
+
+[[attendance.session]]
+name = "morning"
+start = "07:00"            # first tap from here on is a check-in
+late_after = "07:15"       # a check-in after this is also 'late'
+absent_at = "08:30"        # no check-in by this time: 'absent'
+end = "11:30"              # a later tap after min_stay_min is a check-out
+min_stay_min = 30
+
+[metrics]
+listen = "127.0.0.1:9108"  # Prometheus text format; empty to disable
+```
+
+Relative paths are relative to the configuration file.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import tomllib
-from dataclasses import dataclass
+import zoneinfo
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol import topics
 from protocol.errors import ProtocolError
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class ConfigError(Exception):
@@ -31,10 +78,46 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    group_commit_ms: int = 5
+    group_commit_max: int = 512
+    repeat_window_s: int = 120
+
+
+@dataclass(frozen=True)
+class Rs485Bus:
+    port: str
+    baudrate: int = 115200
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    start: dt.time
+    late_after: dt.time
+    absent_at: dt.time
+    end: dt.time
+    min_stay_min: int = 30
+
+
+@dataclass(frozen=True)
+class AttendanceConfig:
+    school_days: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # Monday = 0
+    holidays: frozenset[dt.date] = frozenset()
+    sessions: tuple[Session, ...] = ()
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     school: str
-    keys_file: Path
-    mqtt: MqttConfig
+    database: Path
+    master_key_file: Path
+    timezone: zoneinfo.ZoneInfo
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    rs485: tuple[Rs485Bus, ...] = ()
+    attendance: AttendanceConfig = field(default_factory=AttendanceConfig)
+    metrics_listen: str = ""
 
     @property
     def client_id(self) -> str:
@@ -66,6 +149,10 @@ class _Section:
     def optional_text(self, name: str) -> str | None:
         return self.text(name) if name in self._table else None
 
+    def path(self, name: str, default: str | None = None) -> Path:
+        value = Path(self.text(name, default))
+        return value if value.is_absolute() else self._path.parent / value
+
     def integer(self, name: str, default: int, lowest: int, highest: int) -> int:
         value = self._table.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -74,13 +161,91 @@ class _Section:
             raise self.error(name, f"must be between {lowest} and {highest}, not {value}")
         return value
 
+    def clock_time(self, name: str) -> dt.time:
+        text = self.text(name)
+        try:
+            return dt.time.fromisoformat(text)
+        except ValueError:
+            raise self.error(name, f"must be a time of day like 07:15, not {text!r}") from None
+
+    def strings(self, name: str, default: list[str]) -> list[str]:
+        value = self._table.get(name, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(name, "must be a list of strings")
+        return value
+
     def table(self, name: str) -> _Section:
         return _Section(self._path, self._key(name), self._table.get(name, {}))
+
+    def tables(self, name: str) -> list[_Section]:
+        value = self._table.get(name, [])
+        if not isinstance(value, list):
+            raise self.error(name, "must be an array of tables ([[...]])")
+        return [_Section(self._path, f"{self._key(name)}[{i}]", t) for i, t in enumerate(value)]
 
     def check_known(self, *names: str) -> None:
         for name in self._table:
             if name not in names:
                 raise self.error(name, "unknown key (misspelt?)")
+
+
+def _mqtt(section: _Section) -> MqttConfig:
+    section.check_known("host", "port", "username", "password", "password_file", "keepalive_s")
+    password = section.optional_text("password")
+    if "password_file" in section._table:
+        if password is not None:
+            raise section.error("password_file", "give password or password_file, not both")
+        file = section.path("password_file")
+        try:
+            password = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise section.error("password_file", f"cannot be read: {exc.strerror}") from None
+    return MqttConfig(
+        host=section.text("host", "127.0.0.1"),
+        port=section.integer("port", 1883, 1, 65535),
+        username=section.optional_text("username"),
+        password=password,
+        keepalive_s=section.integer("keepalive_s", 30, 5, 3600),
+    )
+
+
+def _session(section: _Section) -> Session:
+    section.check_known("name", "start", "late_after", "absent_at", "end", "min_stay_min")
+    session = Session(
+        name=section.text("name"),
+        start=section.clock_time("start"),
+        late_after=section.clock_time("late_after"),
+        absent_at=section.clock_time("absent_at"),
+        end=section.clock_time("end"),
+        min_stay_min=section.integer("min_stay_min", 30, 0, 24 * 60),
+    )
+    if not session.start <= session.late_after <= session.absent_at <= session.end:
+        raise section.error("start", "times must satisfy start <= late_after <= absent_at <= end")
+    return session
+
+
+def _attendance(section: _Section) -> AttendanceConfig:
+    section.check_known("school_days", "holidays", "session")
+    days = []
+    for name in section.strings("school_days", list(WEEKDAYS[:6])):
+        if name not in WEEKDAYS:
+            raise section.error("school_days", f"{name!r} is not one of {', '.join(WEEKDAYS)}")
+        days.append(WEEKDAYS.index(name))
+    holidays = set()
+    for text in section.strings("holidays", []):
+        try:
+            holidays.add(dt.date.fromisoformat(text))
+        except ValueError:
+            raise section.error("holidays", f"{text!r} is not a date like 2026-09-02") from None
+    sessions = tuple(_session(s) for s in section.tables("session"))
+    names = [s.name for s in sessions]
+    if len(set(names)) != len(names):
+        raise section.error("session", "session names must be unique")
+    ordered = sorted(sessions, key=lambda s: s.start)
+    for before, after in itertools.pairwise(ordered):
+        if after.start < before.end:
+            raise section.error("session", f"{before.name} and {after.name} overlap")
+    return AttendanceConfig(tuple(sorted(set(days))), frozenset(holidays), tuple(ordered))
 
 
 def load_config(path: Path) -> GatewayConfig:
@@ -94,27 +259,45 @@ def load_config(path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(file)", f"is not valid TOML: {exc}") from None
     root = _Section(path, "", raw)
-    root.check_known("gateway", "mqtt")
+    root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics")
     gateway = root.table("gateway")
-    gateway.check_known("school", "keys_file")
+    gateway.check_known("school", "database", "master_key_file", "timezone")
     school = gateway.text("school")
     try:
         topics.check_school(school)
     except ProtocolError as exc:
         raise gateway.error("school", exc.detail) from None
-    keys_file = Path(gateway.text("keys_file"))
-    if not keys_file.is_absolute():
-        keys_file = path.parent / keys_file
-    mqtt = root.table("mqtt")
-    mqtt.check_known("host", "port", "username", "password", "keepalive_s")
+    zone_name = gateway.text("timezone", "Asia/Ho_Chi_Minh")
+    try:
+        zone = zoneinfo.ZoneInfo(zone_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise gateway.error("timezone", f"unknown time zone {zone_name!r}") from None
+    ingest = root.table("ingest")
+    ingest.check_known("group_commit_ms", "group_commit_max", "repeat_window_s")
+    buses = []
+    for bus in root.tables("rs485"):
+        bus.check_known("port", "baudrate")
+        buses.append(Rs485Bus(bus.text("port"), bus.integer("baudrate", 115200, 9600, 921600)))
+    if len({b.port for b in buses}) != len(buses):
+        raise root.error("rs485", "a serial port is listed twice")
+    metrics = root.table("metrics")
+    metrics.check_known("listen")
+    listen = metrics._table.get("listen", "127.0.0.1:9108")
+    host, _, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
+    if listen != "" and not (host and port.isdecimal() and 0 < int(port) < 65536):
+        raise metrics.error("listen", "must be host:port (e.g. 127.0.0.1:9108) or empty")
     return GatewayConfig(
         school=school,
-        keys_file=keys_file,
-        mqtt=MqttConfig(
-            host=mqtt.text("host", "127.0.0.1"),
-            port=mqtt.integer("port", 1883, 1, 65535),
-            username=mqtt.optional_text("username"),
-            password=mqtt.optional_text("password"),
-            keepalive_s=mqtt.integer("keepalive_s", 30, 5, 3600),
+        database=gateway.path("database", "gateway.db"),
+        master_key_file=gateway.path("master_key_file", "master.key"),
+        timezone=zone,
+        mqtt=_mqtt(root.table("mqtt")),
+        ingest=IngestConfig(
+            group_commit_ms=ingest.integer("group_commit_ms", 5, 0, 1000),
+            group_commit_max=ingest.integer("group_commit_max", 512, 1, 100_000),
+            repeat_window_s=ingest.integer("repeat_window_s", 120, 0, 86_400),
         ),
+        rs485=tuple(buses),
+        attendance=_attendance(root.table("attendance")),
+        metrics_listen=listen,
     )
