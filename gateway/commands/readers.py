@@ -1,0 +1,232 @@
+"""``attendance-gateway readers``: register, list, rotate and revoke readers; broker files.
+
+``add`` and ``rotate`` print the reader's new key and MQTT password once, for the technician to
+provision the reader; no other command ever prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway import db
+from gateway.broker_config import (
+    DEFAULT_ACL_FILE,
+    DEFAULT_PASSWORD_FILE,
+    BrokerConfigError,
+    write_broker_files,
+)
+from gateway.config import GatewayConfig, load_config
+from gateway.keystore import KeystoreError
+from gateway.registry import Credentials, Reader, Registry, RegistryError
+
+_VI = {
+    "bad_value": "Giá trị không hợp lệ",
+    "duplicate_id": "Mã đầu đọc này đã được đăng ký",
+    "duplicate_name": "Tên này đã được dùng",
+    "bus_address_taken": "Địa chỉ trên bus đã thuộc đầu đọc khác",
+    "unknown_reader": "Chưa đăng ký đầu đọc này",
+    "reader_revoked": "Đầu đọc đã bị thu hồi",
+    "no_master_key": "Thiếu tệp khóa chủ",
+}
+
+
+def _reload_hint(config_file: Path) -> str:
+    return (f"Tiếp theo / next: sudo attendance-gateway readers broker-config --config "
+            f"{config_file} --owner mosquitto && sudo systemctl reload mosquitto")
+
+
+Handler = Callable[[argparse.Namespace, GatewayConfig, Registry], int]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "readers", help="đầu đọc, khóa và tài khoản MQTT / readers, keys and MQTT accounts",
+        description="Quản lý đầu đọc và khóa / manage readers and their keys")
+    actions = parser.add_subparsers(dest="readers_command", required=True, metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help="tệp cấu hình cổng / gateway configuration (gateway.toml)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true",
+                         help="in JSON cho máy đọc / print JSON for tools")
+
+    add = actions.add_parser(
+        "add", parents=[common, as_json],
+        help="đăng ký đầu đọc mới, in khóa một lần / register a reader, print its key once")
+    add.add_argument("reader_id", type=int, help="mã đầu đọc / reader id (1..4294967294)")
+    add.add_argument("--name", required=True,
+                     help="tên duy nhất / unique name, e.g. 'Cổng chính 1'")
+    add.add_argument("--gate", required=True, help="cổng / gate (1-32 ký tự / characters)")
+    add.add_argument("--bus-port", help="cổng RS-485 / RS-485 port, e.g. /dev/ttyUSB0")
+    add.add_argument("--bus-address", type=int, help="địa chỉ RS-485 / RS-485 address (1..247)")
+    add.set_defaults(func=_command(_add))
+
+    listing = actions.add_parser("list", parents=[common, as_json],
+                                 help="liệt kê đầu đọc (không in khóa) / list readers (no secrets)")
+    listing.set_defaults(func=_command(_list))
+
+    rotate = actions.add_parser(
+        "rotate", parents=[common, as_json],
+        help="khóa mới, khóa cũ chuyển sang 'retired' / new key, the old one is retired")
+    rotate.add_argument("reader_id", type=int, help="mã đầu đọc / reader id")
+    rotate.add_argument(
+        "--finish", action="store_true",
+        help="kết thúc đổi khóa: thu hồi các khóa 'retired' / finish a rotation: revoke the "
+             "retired keys once the reader's older records are in")
+    rotate.set_defaults(func=_command(_rotate))
+
+    revoke = actions.add_parser(
+        "revoke", parents=[common, as_json],
+        help="thu hồi đầu đọc và mọi khóa của nó / revoke a reader and all its keys")
+    revoke.add_argument("reader_id", type=int, help="mã đầu đọc / reader id")
+    revoke.set_defaults(func=_command(_revoke))
+
+    broker = actions.add_parser(
+        "broker-config", parents=[common],
+        help="ghi tệp mật khẩu và ACL cho Mosquitto / write Mosquitto's password file and ACL")
+    broker.add_argument("--password-file", type=Path, default=DEFAULT_PASSWORD_FILE,
+                        help=f"tệp mật khẩu / password file (default {DEFAULT_PASSWORD_FILE})")
+    broker.add_argument("--acl-file", type=Path, default=DEFAULT_ACL_FILE,
+                        help=f"tệp ACL / ACL file (default {DEFAULT_ACL_FILE})")
+    broker.add_argument("--owner", metavar="USER",
+                        help="chủ sở hữu tệp (cần root) / owner of the files (needs root), "
+                             "e.g. mosquitto")
+    broker.set_defaults(func=_command(_broker_config))
+
+
+@contextlib.contextmanager
+def _registry(config: GatewayConfig) -> Iterator[Registry]:
+    conn = db.connect(config.database)
+    try:
+        yield Registry.open(conn, config.master_key_file)
+    finally:
+        conn.close()
+
+
+def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        config = load_config(args.config)  # ConfigError: reported by gateway/cli.py
+        try:
+            with _registry(config) as registry:
+                return handler(args, config, registry)
+        except RegistryError as exc:
+            print(f"{_VI.get(exc.code, 'Lỗi')} / {exc}", file=sys.stderr)
+            return 1
+        except (KeystoreError, BrokerConfigError, db.DatabaseError) as exc:
+            print(f"Lỗi / Error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _print_credentials(args: argparse.Namespace, config: GatewayConfig, reader: Reader,
+                       creds: Credentials, title: str) -> None:
+    secrets_out = {"key_hex": creds.key.hex(), "mqtt_password": creds.mqtt_password}
+    if args.json:
+        _print_json({**_reader_json(reader), "school": config.school, "key_id": creds.key_id,
+                     "mqtt_username": creds.mqtt_username, **secrets_out})
+        return
+    print(f"{title}: {reader.reader_id} “{reader.name}”, cổng / gate {reader.gate}")
+    print("CHỈ HIỆN MỘT LẦN — nạp vào đầu đọc ngay / SHOWN ONCE — provision the reader now:")
+    for label, value in (("reader_id", str(creds.reader_id)), ("school", config.school),
+                         ("key_id", str(creds.key_id)), ("key (hex)", secrets_out["key_hex"]),
+                         ("mqtt username", creds.mqtt_username),
+                         ("mqtt password", creds.mqtt_password)):
+        print(f"  {label:<14} {value}")
+    print(_reload_hint(args.config))
+
+
+def _add(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    ports = {bus.port for bus in config.rs485}
+    if args.bus_port is not None and args.bus_port not in ports:
+        raise RegistryError("bad_value", f"bus port {args.bus_port} is not an [[rs485]] port of "
+                                         f"{args.config}")
+    creds = registry.register(args.reader_id, args.name, args.gate, bus_port=args.bus_port,
+                              bus_address=args.bus_address)
+    _print_credentials(args, config, registry.reader(creds.reader_id), creds,
+                       "Đã đăng ký đầu đọc / reader registered")
+    return 0
+
+
+def _rotate(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    if args.finish:
+        count = registry.finish_rotation(args.reader_id)
+        if args.json:
+            _print_json({"reader_id": args.reader_id, "keys_revoked": count})
+        else:
+            print(f"Đầu đọc / reader {args.reader_id}: {count} khóa cũ đã thu hồi / retired "
+                  "keys revoked")
+        return 0
+    creds = registry.rotate(args.reader_id)
+    _print_credentials(args, config, registry.reader(creds.reader_id), creds,
+                       "Đã đổi khóa / key rotated")
+    return 0
+
+
+def _revoke(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    registry.revoke(args.reader_id)
+    if args.json:
+        _print_json(_reader_json(registry.reader(args.reader_id)))
+    else:
+        print(f"Đã thu hồi đầu đọc / reader revoked: {args.reader_id}")
+        print(_reload_hint(args.config))
+    return 0
+
+
+def _reader_json(reader: Reader) -> dict[str, Any]:
+    return {
+        "reader_id": reader.reader_id, "name": reader.name, "gate": reader.gate,
+        "status": reader.status, "bus_port": reader.bus_port, "bus_address": reader.bus_address,
+        "created_ms": reader.created_ms, "active_key_id": reader.active_key_id,
+        "keys": [{"key_id": k.key_id, "state": k.state, "created_ms": k.created_ms,
+                  "retired_ms": k.retired_ms, "revoked_ms": k.revoked_ms} for k in reader.keys],
+    }
+
+
+def _list(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    readers = registry.readers()
+    if args.json:
+        _print_json([_reader_json(r) for r in readers])
+        return 0
+    if not readers:
+        print("Chưa có đầu đọc nào / no readers registered")
+        return 0
+    rows = [("ID", "TÊN / NAME", "CỔNG / GATE", "TRẠNG THÁI / STATUS", "BUS", "KHÓA / KEYS",
+             "ĐĂNG KÝ / SINCE")]
+    for r in readers:
+        bus = f"{r.bus_port}#{r.bus_address}" if r.bus_port else "-"
+        retired = sum(k.state == "retired" for k in r.keys)
+        keys = f"#{r.active_key_id}" if r.active_key_id else "-"
+        keys += f" (+{retired} retired)" if retired else ""
+        since = dt.datetime.fromtimestamp(r.created_ms / 1000, config.timezone)
+        rows.append((str(r.reader_id), r.name, r.gate, r.status, bus, keys,
+                     since.strftime("%Y-%m-%d %H:%M")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _broker_config(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    if not config.mqtt.username or not config.mqtt.password:
+        raise BrokerConfigError(
+            f"{args.config}: set mqtt.username and mqtt.password_file: the gateway's own broker "
+            "account goes into the password file")
+    files = write_broker_files(
+        registry, school=config.school, gateway_username=config.mqtt.username,
+        gateway_password=config.mqtt.password, password_file=args.password_file,
+        acl_file=args.acl_file, owner=args.owner)
+    print(f"Đã ghi / wrote {files.password_file} ({len(files.readers)} đầu đọc / readers + "
+          f"tài khoản cổng / gateway account '{config.mqtt.username}') và / and {files.acl_file}")
+    print("Nạp lại Mosquitto / reload Mosquitto: sudo systemctl reload mosquitto")
+    return 0
