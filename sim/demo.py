@@ -1,9 +1,10 @@
 """``make run``: a broker, the gateway and simulated readers on this machine, end to end.
 
-Starts Mosquitto on a free loopback port, provisions N readers (fresh keys written with mode 600,
-a gateway config), runs the gateway service and the readers until Ctrl-C (or ``--duration``), and
-prints every record the gateway verified. One forged batch is sent first to show that a record
-signed with the wrong key is refused.
+Starts Mosquitto on a free loopback port, registers N readers in a fresh gateway database (keys
+sealed under a new master key, as ``attendance-gateway readers add`` does), runs the gateway's
+ingest and MQTT session, and runs the readers until Ctrl-C (or ``--duration``). Every scan the
+gateway durably stores is printed; the gateway acknowledges it to its reader. One forged batch is
+sent first to show that a record signed with the wrong key is refused and quarantined.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ import asyncio
 import contextlib
 import secrets
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
+import zoneinfo
 from pathlib import Path
 
 import aiomqtt
 
-from gateway.config import load_config
-from gateway.keys import load_reader_keys, write_reader_keys
+from gateway import db
+from gateway.config import GatewayConfig, MqttConfig
+from gateway.ingest import Ingest
+from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.registry import Registry
 from gateway.service import GatewayService
-from gateway.verify import VerifiedBatch
+from gateway.types import StoredScan
 from protocol import card
-from sim.broker import MosquittoBroker
+from sim.broker import MosquittoBroker, free_port
 from sim.reader import Card, SimulatedReader
 
 SCHOOL = "demo-school"
@@ -36,26 +42,16 @@ CARDS: list[Card] = [
     (card.WIEGAND26, bytes.fromhex("7b3039")),
     (card.ISO14443A, bytes.fromhex("3a9c5e21")),
 ]
+_SOURCES = {"reader": "giờ đầu đọc / reader clock", "corrected": "đã hiệu chỉnh / corrected",
+            "gateway": "giờ cổng / gateway time"}
 
 
-def _print_batch(batch: VerifiedBatch) -> None:
-    for r in batch.records:
-        stamp = time.strftime("%H:%M:%S", time.localtime(r.time_s)) + f".{r.time_ms:03d}"
-        clock = "đồng hồ đã đồng bộ / clock synced" if r.clock_synced else "chưa đồng bộ/unsynced"
-        print(f"{stamp}  đầu đọc/reader {r.reader_id}  boot {r.boot} #{r.seq:<4} "
-              f"{r.tech:<10} {r.uid.hex().upper():<14}  ✔ đã xác thực / verified ({clock})",
-              flush=True)
-    for bad in batch.rejected:
-        print(f"    đầu đọc/reader {batch.reader_id}  #{bad.seq}  ✘ {bad.verdict}", flush=True)
-
-
-def _write_config(workdir: Path, port: int, keys: dict[int, bytes]) -> Path:
-    write_reader_keys(workdir / "reader-keys.toml", keys)
-    config = workdir / "gateway.toml"
-    config.write_text(
-        f'[gateway]\nschool = "{SCHOOL}"\nkeys_file = "reader-keys.toml"\n\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', encoding="utf-8")
-    return config
+def _print_scans(conn: sqlite3.Connection, scans: list[StoredScan]) -> None:
+    """The rules hook's place: runs inside the ingest's transaction, before the ack."""
+    for s in scans:
+        stamp = time.strftime("%H:%M:%S", time.localtime(s.at_ms / 1000)) + f".{s.at_ms % 1000:03d}"
+        print(f"{stamp}  đầu đọc/reader {s.reader_id}  cổng/gate {s.gate:<6} {s.card:<26} "
+              f"✔ đã lưu / stored ({_SOURCES[s.time_source]})", flush=True)
 
 
 async def _send_forged_batch(port: int, reader_id: int) -> None:
@@ -65,36 +61,59 @@ async def _send_forged_batch(port: int, reader_id: int) -> None:
 
 
 async def demo(readers: int, duration: float, taps_per_s: float, workdir: Path) -> int:
-    keys = {100 + i: secrets.token_bytes(32) for i in range(readers)}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     with MosquittoBroker(workdir / "broker") as broker:
         print(f"Mosquitto: 127.0.0.1:{broker.port}  (thư mục làm việc / workdir {workdir})")
-        config = load_config(_write_config(workdir, broker.port, keys))
-        service = GatewayService(config, load_reader_keys(config.keys_file),
-                                 on_batch=_print_batch)
-        gateway = asyncio.create_task(service.run(stop))
+        metrics_listen = f"127.0.0.1:{free_port()}"
+        config = GatewayConfig(SCHOOL, workdir / "gateway.db", workdir / "master.key",
+                               zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"),
+                               mqtt=MqttConfig(port=broker.port), metrics_listen=metrics_listen)
+        conn = db.connect(config.database)
+        registry = Registry.open(conn, config.master_key_file)
+        keys = {100 + i: registry.register(100 + i, f"Cổng {i + 1}", f"gate-{i + 1}").key
+                for i in range(readers)}
+        metrics = GatewayMetrics()
+        server = MetricsServer(metrics, metrics_listen)
+        ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
+                        on_scans=_print_scans)
+        ingest.start()
+        service = GatewayService(config, ingest)
+        gateway_stop = asyncio.Event()
+        gateway = asyncio.create_task(service.run(gateway_stop))
         await asyncio.wait_for(service.connected.wait(), 10)
         print(f"Cổng đã kết nối / gateway connected; {readers} đầu đọc mô phỏng / simulated "
-              f"readers. Ctrl-C để dừng / to stop.", flush=True)
+              f"readers; số liệu / metrics http://{metrics_listen}/metrics. "
+              f"Ctrl-C để dừng / to stop.", flush=True)
         await _send_forged_batch(broker.port, next(iter(keys)))
         sims = [SimulatedReader(rid, key, SCHOOL) for rid, key in keys.items()]
-        tasks = [asyncio.create_task(s.run("127.0.0.1", broker.port, CARDS, taps_per_s, stop))
-                 for s in sims]
-        if duration > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
-            stop.set()
+        readers_stop = asyncio.Event()
+        tasks = [asyncio.create_task(
+            s.run("127.0.0.1", broker.port, CARDS, taps_per_s, readers_stop)) for s in sims]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration if duration > 0 else None)
+        readers_stop.set()
         published = sum(await asyncio.gather(*tasks))
-        await asyncio.sleep(0.5)  # let the last publications arrive before the gateway stops
+        # Let the gateway take what is still at the broker before it stops.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while metrics.records_stored._value.get() < published:
+                    await asyncio.sleep(0.05)
+        gateway_stop.set()
         await gateway
-    verified = service.counters["records_verified"]
-    forged = service.counters["rejected_bad_mac"]
-    print(f"\nTóm tắt / summary: {published} lượt quẹt / taps published, {verified} đã xác thực / "
-          f"verified, {forged} lô giả mạo bị từ chối / forged batch rejected", flush=True)
-    return 0 if verified == published and verified > 0 and forged == 1 else 1
+        await ingest.close()
+        server.close()
+        stored = int(metrics.records_stored._value.get())
+        acks = int(metrics.acks_sent._value.get())
+        forged = conn.execute(
+            "SELECT COUNT(*) FROM quarantine WHERE reason = 'bad_mac'").fetchone()[0]
+        conn.close()
+    print(f"\nTóm tắt / summary: {published} lượt quẹt / taps published, {stored} đã lưu / "
+          f"stored, {acks} xác nhận / acks, {forged} lô giả mạo bị từ chối / forged batch "
+          f"rejected", flush=True)
+    return 0 if stored == published == acks and stored > 0 and forged == 1 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,28 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import write_reader_keys
 from sim.broker import MosquittoBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_shows_signed_records_verified_by_the_gateway() -> None:
+def test_demo_shows_signed_records_stored_and_acknowledged_by_the_gateway() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sim.demo", "--readers", "2", "--duration", "3", "--rate", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    verified = re.findall(r"reader (\d+) +boot 1 #(\d+) .*verified", out.stdout)
-    assert {reader for reader, _ in verified} == {"100", "101"}
-    summary = re.search(r"(\d+) lượt quẹt / taps published, (\d+) đã xác thực / verified, "
-                        r"1 lô giả mạo bị từ chối / forged batch rejected", out.stdout)
+    stored = re.findall(r"reader (\d+) .* stored", out.stdout)
+    assert set(stored) == {"100", "101"}
+    summary = re.search(r"(\d+) lượt quẹt / taps published, (\d+) đã lưu / stored, (\d+) xác "
+                        r"nhận / acks, 1 lô giả mạo bị từ chối / forged batch rejected", out.stdout)
     assert summary is not None, out.stdout
-    assert summary[1] == summary[2] == str(len(verified))
+    assert summary[1] == summary[2] == summary[3] == str(len(stored))
 
 
 def test_gateway_command_reports_a_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text('[gateway]\nschool = "s"\nkeys_file = "k.toml"\n[mqtt]\nport = 0\n')
+    config.write_text('[gateway]\nschool = "s"\n[mqtt]\nport = 0\n')
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
@@ -42,10 +41,9 @@ def test_gateway_command_reports_a_bad_config(tmp_path: Path) -> None:
 
 def test_gateway_command_runs_and_stops_cleanly_on_sigterm(
         tmp_path: Path, mosquitto_broker: MosquittoBroker) -> None:
-    write_reader_keys(tmp_path / "k.toml", {1: bytes(32)})
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[gateway]\nschool = "s"\nkeys_file = "k.toml"\n'
-                      f'[mqtt]\nport = {mosquitto_broker.port}\n')
+    config.write_text(f'[gateway]\nschool = "s"\n[mqtt]\nport = {mosquitto_broker.port}\n'
+                      f'[metrics]\nlisten = ""\n')
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
@@ -56,7 +54,9 @@ def test_gateway_command_runs_and_stops_cleanly_on_sigterm(
                 break
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+        assert '"event": "stopped"' in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             pytest.fail("gateway did not stop on SIGTERM")
+    assert (tmp_path / "gateway.db").exists()

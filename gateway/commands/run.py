@@ -1,0 +1,158 @@
+"""``attendance-gateway run --config FILE``: the gateway service.
+
+Opens the database (migrating it), loads the readers' keys from the registry, and runs, around one
+ingest (``gateway/ingest.py``, whose writer thread is the database's only writer):
+
+* the MQTT session (``gateway/service.py``) and one RS-485 bus master per ``[[rs485]]`` table
+  (``gateway/rs485.py``) with the readers the registry puts on that port;
+* the attendance rules (``gateway/rules.py``), called inside each ingest transaction, and their
+  absence timer every ``RULES_TIMER_S`` seconds (through the ingest's writer);
+* the Prometheus endpoint on ``[metrics] listen``.
+
+A reader added, rotated or revoked with ``attendance-gateway readers`` reaches the running gateway
+within ``KEY_POLL_S`` seconds (keys and bus addresses). SIGTERM or SIGINT stop it gracefully:
+transports stop taking messages, what they took is committed and acknowledged, the database is
+closed; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gateway import db
+from gateway.config import GatewayConfig, load_config
+from gateway.ingest import Ingest
+from gateway.keystore import KeystoreError
+from gateway.logs import setup_logging
+from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.registry import Registry, RegistryError
+from gateway.rs485 import BusMaster
+from gateway.rules import AttendanceRules
+from gateway.service import GatewayService
+from gateway.types import system_clock
+
+log = logging.getLogger("gateway.run")
+
+KEY_POLL_S = 2.0
+RULES_TIMER_S = 60.0
+_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run", help="chạy cổng / run the gateway",
+        description="Chạy cổng: nhận, xác thực, lưu và xác nhận lượt quẹt thẻ / run the gateway: "
+                    "receive, verify, store and acknowledge card taps")
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help="tệp cấu hình cổng / gateway configuration (gateway.toml)")
+    parser.add_argument("--log-level", dest="run_log_level", choices=_LEVELS,
+                        help="mức ghi nhật ký / log level (default: info)")
+    parser.set_defaults(func=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    level = args.run_log_level or ("info" if args.log_level == "warning" else args.log_level)
+    setup_logging(level)
+    config = load_config(args.config)  # ConfigError: reported by gateway/cli.py
+    try:
+        return asyncio.run(run(config))
+    except (RegistryError, KeystoreError, db.DatabaseError) as exc:
+        print(f"Lỗi / Error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
+              with_rules: bool = True) -> int:
+    """Run the gateway until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    ``with_rules=False`` runs the ingest alone (benchmarks compare it with the whole gateway).
+    """
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    conn = db.connect(config.database)
+    registry_conn = db.connect(config.database, migrate=False)
+    server: MetricsServer | None = None
+    try:
+        registry = Registry.open(registry_conn, config.master_key_file)
+        version = registry.key_ring_version()
+        metrics = GatewayMetrics()
+        rules = AttendanceRules(config.attendance, config.timezone,
+                                config.ingest.repeat_window_s, system_clock)
+        ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
+                        on_scans=rules.on_scans if with_rules else None)
+        if config.metrics_listen:
+            server = MetricsServer(metrics, config.metrics_listen)
+            log.info("metrics", extra={"listen": config.metrics_listen})
+        ingest.start()
+        buses = [BusMaster(bus.port, bus.baudrate, _bus_readers(registry, bus.port), ingest)
+                 for bus in config.rs485]
+        helpers = [asyncio.create_task(_watch_registry(registry, ingest, buses, version, stop))]
+        if with_rules:
+            helpers.append(asyncio.create_task(_rules_timer(rules, ingest, stop)))
+        try:
+            await asyncio.gather(GatewayService(config, ingest).run(stop),
+                                 *(bus.run(stop) for bus in buses))
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await ingest.close()
+    finally:
+        if server is not None:
+            server.close()
+        registry_conn.close()
+        conn.close()
+    log.info("stopped")
+    return 0
+
+
+def _bus_readers(registry: Registry, port: str) -> dict[int, int]:
+    """Bus address -> reader id of the active readers the registry puts on ``port``."""
+    return {r.bus_address: r.reader_id for r in registry.readers()
+            if r.status == "active" and r.bus_port == port and r.bus_address is not None}
+
+
+async def _watch_registry(registry: Registry, ingest: Ingest, buses: list[BusMaster],
+                          version: tuple[int, ...], stop: asyncio.Event) -> None:
+    """Reload keys and bus addresses when the registry changes (reader added, rotated, revoked)."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), KEY_POLL_S)
+        try:
+            current = await loop.run_in_executor(None, registry.key_ring_version)
+            if current == version:
+                continue
+            ingest.keys = await loop.run_in_executor(None, registry.key_ring)
+            for bus in buses:
+                bus.set_readers(await loop.run_in_executor(None, _bus_readers, registry,
+                                                           bus.port))
+            version = current
+            log.info("reader registry reloaded")
+        except Exception as exc:  # keep what we have; say why the new registry is not used
+            log.error("reader registry not reloaded", extra={"error": str(exc)})
+
+
+async def _rules_timer(rules: AttendanceRules, ingest: Ingest, stop: asyncio.Event) -> None:
+    """Record absences once each session's cut-off has passed (in the ingest's writer)."""
+    while not stop.is_set():
+        try:
+            created = await ingest.run_in_transaction(
+                lambda conn: rules.close_due_sessions(conn, system_clock()))
+            if created:
+                log.info("absences recorded", extra={"absences": created})
+        except Exception as exc:
+            log.error("absences not recorded", extra={"error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RULES_TIMER_S)
