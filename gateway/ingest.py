@@ -5,9 +5,9 @@ over one SQLite connection (``gateway/db.py``: WAL, ``synchronous=FULL``).
 
 **One writer thread.** Every message goes through one FIFO queue to one thread that owns the
 connection: a reader's messages are handled in arrival order, verification included, and the
-event loop never waits for the disk. A durable COMMIT costs ~0.3 ms on a server SSD but 2-20 ms on
-a Raspberry Pi's SD card; on the loop that would stall every reader's MQTT traffic for that long
-(docs/gateway.md has the measurements).
+event loop never waits for the disk. A durable COMMIT costs ~0.3 ms on the development VM but
+2-20 ms on a Raspberry Pi's SD card; on the loop that would stall every reader's MQTT traffic for
+that long (docs/gateway.md has the measurements).
 
 **Group commit.** The writer opens a transaction for the first message it takes and keeps adding
 the messages already waiting, up to ``ingest.group_commit_max`` records or ``group_commit_ms``

@@ -206,10 +206,10 @@ def place_batch(records: Sequence[RecordTime], received_ms: int, boot: BootTime,
     records were made before it).
     """
     bound = boot.bound
-    for record in records:
-        bound = tighten(bound, record.ticks_ms, received_ms, policy)
-    if later_boot_start_ms is not None and records:
-        bound = tighten(bound, records[-1].ticks_ms, later_boot_start_ms, policy)
+    if records:  # the newest record (the last: a batch ascends in seq) is the tightest evidence
+        bound = tighten(bound, records[-1].ticks_ms, received_ms, policy)
+        if later_boot_start_ms is not None:
+            bound = tighten(bound, records[-1].ticks_ms, later_boot_start_ms, policy)
     anchor = boot.anchor
     verdicts: list[str | None] = []
     for record in records:
