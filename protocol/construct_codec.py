@@ -555,11 +555,6 @@ BATCH = cs.Struct(
     cs.Terminated,
 )
 
-# The identity of a record (§1.1), read from its raw bytes for §4.1 step 5.
-RECORD_IDENTITY = cs.Struct(
-    cs.Bytes(2), "reader_id" / cs.Int32ub, "boot" / cs.Int32ub, "seq" / cs.Int32ub
-)
-
 ACK = cs.Struct(
     *_header(T_ACK),
     _u32("reader_id", 1, READER_ID_MAX),
@@ -908,7 +903,6 @@ class BatchHeader(TypedDict):
     mac: bytes
 
 
-_IDENTITY_PARSER: Final = RECORD_IDENTITY.compile()
 
 
 def split_batch(data: bytes, key: bytes) -> tuple[BatchHeader, list[bytes]]:
@@ -923,32 +917,60 @@ def split_batch(data: bytes, key: bytes) -> tuple[BatchHeader, list[bytes]]:
     _check_header(data, T_BATCH, "batch")
     if len(data) > BATCH_MAX:
         raise _fail("too_large", f"{len(data)} bytes, a batch is at most {BATCH_MAX}")
-    # steps 2-3: header, count, walking rec_len-prefixed records, then exactly the MAC
-    parsed = _parse(BATCH, data)
+    # steps 2-3: header, count, walking rec_len-prefixed records, then exactly the MAC. The
+    # ingest's hot path: a well-formed batch is walked with plain offsets; anything else goes
+    # through the declaration, which names the exact error.
+    records = _walk_records(data)
+    if records is None:
+        parsed = _parse(BATCH, data)
+        records = list(parsed["records"])
+    reader_id, boot, first_seq, last_seq = _BATCH_HEAD.unpack_from(data, 2)
     # step 4
     _check_mac(data, key)
     # step 5
-    records: list[bytes] = list(parsed["records"])
-    reader_id, boot = parsed["reader_id"], parsed["boot"]
     seqs = []
     for index, record in enumerate(records):
-        identity = _IDENTITY_PARSER.parse(record)
-        if identity["reader_id"] != reader_id or identity["boot"] != boot:
+        rec_reader, rec_boot, seq = _RECORD_IDENTITY.unpack_from(record, 2)
+        if rec_reader != reader_id or rec_boot != boot:
             raise _fail(
                 "identity_mismatch",
-                f"record {index} is ({identity['reader_id']}, {identity['boot']}),"
-                f" the batch ({reader_id}, {boot})",
+                f"record {index} is ({rec_reader}, {rec_boot}), the batch ({reader_id}, {boot})",
             )
-        seqs.append(identity["seq"])
-    _check_sequence(seqs, parsed["first_seq"], parsed["last_seq"])
+        seqs.append(seq)
+    _check_sequence(seqs, first_seq, last_seq)
     header: BatchHeader = {
         "reader_id": reader_id,
         "boot": boot,
-        "first_seq": parsed["first_seq"],
-        "last_seq": parsed["last_seq"],
-        "mac": parsed["mac"],
+        "first_seq": first_seq,
+        "last_seq": last_seq,
+        "mac": data[-MAC_LEN:],
     }
     return header, records
+
+
+_BATCH_HEAD = struct.Struct(">IIII")
+_RECORD_IDENTITY = struct.Struct(">III")
+
+
+def _walk_records(data: bytes) -> list[bytes] | None:
+    """The record slices of a structurally valid batch, or None to let ``BATCH`` find the error."""
+    if len(data) < BATCH_HEADER + MAC_LEN:
+        return None
+    count = data[BATCH_HEADER - 1]
+    if not 1 <= count <= BATCH_MAX_RECORDS:
+        return None
+    end = len(data) - MAC_LEN
+    pos = BATCH_HEADER
+    records = []
+    for _ in range(count):
+        if pos >= end:
+            return None
+        size = data[pos]
+        if not RECORD_MIN <= size <= RECORD_MAX or pos + 1 + size > end:
+            return None
+        records.append(data[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+    return records if pos == end else None
 
 
 def _check_sequence(seqs: Sequence[int], first_seq: int, last_seq: int) -> None:
