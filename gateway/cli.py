@@ -13,6 +13,7 @@ import sys
 
 from gateway import commands
 from gateway.config import ConfigError
+from gateway.db import DatabaseError
 from gateway.logs import setup_logging
 
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"Lỗi cấu hình / Configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseError as exc:
+        print(f"Lỗi cơ sở dữ liệu / Database error: {exc}", file=sys.stderr)
         return 2
 
 

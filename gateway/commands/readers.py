@@ -22,6 +22,7 @@ from gateway.broker_config import (
     BrokerConfigError,
     write_broker_files,
 )
+from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
 from gateway.keystore import KeystoreError
 from gateway.registry import Credentials, Reader, Registry, RegistryError
@@ -51,8 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Quản lý đầu đọc và khóa / manage readers and their keys")
     actions = parser.add_subparsers(dest="readers_command", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="tệp cấu hình cổng / gateway configuration (gateway.toml)")
+    add_config_argument(common)
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true",
                          help="in JSON cho máy đọc / print JSON for tools")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway import reports
+from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
 from gateway.db import DatabaseError, connect
 from gateway.rules import SchoolCalendar, to_ms
@@ -79,8 +80,7 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
 
 
 def _common(parser: argparse.ArgumentParser, handler: Handler, *, json_flag: bool = True) -> None:
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="tệp cấu hình cổng / gateway configuration (gateway.toml)")
+    add_config_argument(parser)
     if json_flag:
         parser.add_argument("--json", action="store_true",
                             help="in JSON cho máy / print JSON for machines")

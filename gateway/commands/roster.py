@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import db, roster
+from gateway.commands import add_config_argument
 from gateway.config import load_config
 
 _COUNT_LABELS = (("classes", "Lớp / Classes"), ("students", "Học sinh / Students"),
@@ -41,7 +42,7 @@ def register(subparsers: Any) -> None:
                     "folder or the school office's CSV/XLSX sheet; bad rows are reported and "
                     "skipped, the rest is imported; importing the same file again changes "
                     "nothing.")
-    _config_argument(imp)
+    add_config_argument(imp)
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--oneroster", type=Path, metavar="DIR",
                         help="thư mục OneRoster 1.1 (manifest.csv, users.csv, classes.csv, "
@@ -60,7 +61,7 @@ def register(subparsers: Any) -> None:
         description="In mã định danh và lớp của học sinh có số thẻ này (không in họ tên trừ khi "
                     "có --names). / Print the student ID and class a printed card number maps "
                     "to (the name only with --names).")
-    _config_argument(show)
+    add_config_argument(show)
     show.add_argument("number", metavar="NUMBER",
                       help="số in trên thẻ (hex, thập phân, \"cơ sở,số\") hoặc mã chuẩn "
                            "em4100:… / the printed number (hex, decimal, \"facility,number\") "
@@ -70,18 +71,9 @@ def register(subparsers: Any) -> None:
     show.set_defaults(func=_show_card)
 
 
-def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="tệp cấu hình của cổng / the gateway's configuration file")
-
-
 def _import(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    try:
-        conn = db.connect(config.database)
-    except db.DatabaseError as exc:
-        print(f"Lỗi cơ sở dữ liệu / Database error: {exc}", file=sys.stderr)
-        return 2
+    conn = db.connect(config.database)  # DatabaseError: reported by gateway/cli.py
     try:
         if args.oneroster is not None:
             today = dt.datetime.now(config.timezone).date()
@@ -129,11 +121,7 @@ def format_result(result: roster.ImportResult) -> list[str]:
 
 def _show_card(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    try:
-        conn = db.connect(config.database)
-    except db.DatabaseError as exc:
-        print(f"Lỗi cơ sở dữ liệu / Database error: {exc}", file=sys.stderr)
-        return 2
+    conn = db.connect(config.database)  # DatabaseError: reported by gateway/cli.py
     try:
         owner = roster.card_owner(conn, args.number)
     except ValueError as exc:

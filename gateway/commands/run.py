@@ -23,9 +23,9 @@ import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from gateway import db
+from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
 from gateway.ingest import Ingest
 from gateway.keystore import KeystoreError
@@ -49,8 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run", help="chạy cổng / run the gateway",
         description="Chạy cổng: nhận, xác thực, lưu và xác nhận lượt quẹt thẻ / run the gateway: "
                     "receive, verify, store and acknowledge card taps")
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="tệp cấu hình cổng / gateway configuration (gateway.toml)")
+    add_config_argument(parser)
     parser.add_argument("--log-level", dest="run_log_level", choices=_LEVELS,
                         help="mức ghi nhật ký / log level (default: info)")
     parser.set_defaults(func=_command)
