@@ -2,7 +2,8 @@
 
 Bytes are packed here with ``struct`` and ``hmac`` directly, sharing no code with either codec, so
 the vectors check the codecs instead of echoing them. Run with CPython from the repository root:
-``python protocol/vectors/generate.py``; review the diff of vectors.json before committing it.
+``python tests/protocol/generate_vectors.py``; review the diff of protocol/vectors/vectors.json
+before committing it.
 """
 
 import hashlib
@@ -901,7 +902,7 @@ def main() -> None:
         "valid": valid,
         "invalid": invalid,
     }
-    path = Path(__file__).with_name("vectors.json")
+    path = Path(__file__).resolve().parents[2] / "protocol" / "vectors" / "vectors.json"
     path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print(f"{len(valid)} valid and {len(invalid)} invalid vectors written to {path}")
 
