@@ -185,8 +185,8 @@ class MosquittoBroker:
             )
             out = (self.config_dir / "mosquitto.out").open("ab")
             try:
-                self.process = subprocess.Popen(
-                    [binary, "-c", str(self.config_path)],
+                self.process = subprocess.Popen(  # own session: Ctrl-C stops us, not it
+                    [binary, "-c", str(self.config_path)], start_new_session=True,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,

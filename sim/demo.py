@@ -24,6 +24,7 @@ from pathlib import Path
 import aiomqtt
 
 from gateway import db
+from gateway.broker_config import write_broker_files
 from gateway.config import GatewayConfig, MqttConfig
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics, MetricsServer
@@ -54,9 +55,11 @@ def _print_scans(conn: sqlite3.Connection, scans: list[StoredScan]) -> None:
               f"✔ đã lưu / stored ({_SOURCES[s.time_source]})", flush=True)
 
 
-async def _send_forged_batch(port: int, reader_id: int) -> None:
+async def _send_forged_batch(port: int, reader_id: int, password: str) -> None:
+    """A device that has a reader's MQTT password (the broker lets it in) but not its key."""
     forger = SimulatedReader(reader_id, secrets.token_bytes(32), SCHOOL, boot=99)
-    async with aiomqtt.Client("127.0.0.1", port, identifier="forger") as client:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="forger", username=str(reader_id),
+                              password=password) as client:
         await client.publish(forger.batch_topic, forger.batch([forger.tap(CARDS[0])]), qos=1)
 
 
@@ -65,16 +68,24 @@ async def demo(readers: int, duration: float, taps_per_s: float, workdir: Path) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    with MosquittoBroker(workdir / "broker") as broker:
-        print(f"Mosquitto: 127.0.0.1:{broker.port}  (thư mục làm việc / workdir {workdir})")
+    conn = db.connect(workdir / "gateway.db")
+    registry = Registry.open(conn, workdir / "master.key")
+    creds = [registry.register(100 + i, f"Cổng {i + 1}", f"gate-{i + 1}") for i in range(readers)]
+    gateway_password = secrets.token_urlsafe(24)
+    files = write_broker_files(registry, school=SCHOOL, gateway_username="gateway",
+                               gateway_password=gateway_password,
+                               password_file=workdir / "mosquitto.passwd",
+                               acl_file=workdir / "mosquitto.acl")
+    with MosquittoBroker(workdir / "broker", allow_anonymous=False,
+                         password_file=files.password_file, acl_file=files.acl_file) as broker:
+        print(f"Mosquitto: 127.0.0.1:{broker.port}, tài khoản và ACL riêng từng đầu đọc / "
+              f"per-reader accounts and ACL  (thư mục làm việc / workdir {workdir})")
         metrics_listen = f"127.0.0.1:{free_port()}"
         config = GatewayConfig(SCHOOL, workdir / "gateway.db", workdir / "master.key",
                                zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh"),
-                               mqtt=MqttConfig(port=broker.port), metrics_listen=metrics_listen)
-        conn = db.connect(config.database)
-        registry = Registry.open(conn, config.master_key_file)
-        keys = {100 + i: registry.register(100 + i, f"Cổng {i + 1}", f"gate-{i + 1}").key
-                for i in range(readers)}
+                               mqtt=MqttConfig(port=broker.port, username="gateway",
+                                               password=gateway_password),
+                               metrics_listen=metrics_listen)
         metrics = GatewayMetrics()
         server = MetricsServer(metrics, metrics_listen)
         ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
@@ -87,11 +98,12 @@ async def demo(readers: int, duration: float, taps_per_s: float, workdir: Path) 
         print(f"Cổng đã kết nối / gateway connected; {readers} đầu đọc mô phỏng / simulated "
               f"readers; số liệu / metrics http://{metrics_listen}/metrics. "
               f"Ctrl-C để dừng / to stop.", flush=True)
-        await _send_forged_batch(broker.port, next(iter(keys)))
-        sims = [SimulatedReader(rid, key, SCHOOL) for rid, key in keys.items()]
+        await _send_forged_batch(broker.port, creds[0].reader_id, creds[0].mqtt_password)
         readers_stop = asyncio.Event()
         tasks = [asyncio.create_task(
-            s.run("127.0.0.1", broker.port, CARDS, taps_per_s, readers_stop)) for s in sims]
+            SimulatedReader(c.reader_id, c.key, SCHOOL).run(
+                "127.0.0.1", broker.port, CARDS, taps_per_s, readers_stop,
+                password=c.mqtt_password)) for c in creds]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration if duration > 0 else None)
         readers_stop.set()

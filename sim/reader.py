@@ -59,11 +59,17 @@ class SimulatedReader:
         return topics.topic(self.school, self.reader_id, "up", "batch")
 
     async def run(self, host: str, port: int, cards: Sequence[Card], taps_per_s: float,
-                  stop: asyncio.Event, rng: random.Random | None = None) -> int:
-        """Tap random ``cards`` until ``stop``; return how many taps were published."""
+                  stop: asyncio.Event, rng: random.Random | None = None,
+                  password: str | None = None) -> int:
+        """Tap random ``cards`` until ``stop``; return how many taps were published.
+
+        With ``password`` it logs in as SPEC.md section 8 says: username = its reader id.
+        """
         rng = rng or random.Random(self.reader_id)
+        username = str(self.reader_id) if password is not None else None
         async with aiomqtt.Client(host, port, identifier=f"reader-{self.reader_id}",
-                                  clean_session=False) as client:
+                                  clean_session=False, username=username,
+                                  password=password) as client:
             published = 0
             while not stop.is_set():
                 await client.publish(self.batch_topic, self.batch([self.tap(rng.choice(cards))]),
