@@ -1,0 +1,435 @@
+"""The reader's asyncio MQTT client (firmware/mqtt.py) against a real Mosquitto on loopback:
+connect with clean session off, subscribe, QoS 0/1 publish received back, PUBACK timeout ->
+retransmission with DUP and the same packet id (through a proxy that drops the first PUBACK),
+the last will on a dead connection (and not on a clean disconnect), keepalive pings and a link
+declared dead when PINGRESP stops, and connects that fail cleanly within their timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware import mqtt_packets as mp
+from firmware.mqtt import MqttClient
+from firmware.mqtt_packets import Decoder, MqttError
+from sim.broker import LOOPBACK, MosquittoBroker, free_port, write_password_file
+from tests.mpvm import MPVM
+
+Packet = tuple[str, int, int, bytes]  # direction ("up" client->broker, "down"), type, flags, body
+Keep = Callable[[str, int, int, bytes], bool]
+
+
+class Proxy:
+    """A loopback TCP proxy that decodes MQTT both ways, records every packet and can drop some."""
+
+    def __init__(self, target_port: int, keep: Keep | None = None) -> None:
+        self.target_port = target_port
+        self.keep = keep or (lambda *_: True)
+        self.packets: list[Packet] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> Proxy:
+        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection(LOOPBACK, self.target_port)
+        for args in ((cr, bw, "up"), (br, cw, "down")):
+            t = asyncio.create_task(self._pump(*args))  # type: ignore[arg-type]
+            self._tasks.add(t)
+
+    async def _pump(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, direction: str) -> None:
+        dec = Decoder(65536)
+        header = bytearray(5)
+        try:
+            while data := await r.read(4096):
+                for ptype, flags, body in dec.feed(data):
+                    self.packets.append((direction, ptype, flags, body))
+                    if self.keep(direction, ptype, flags, body):
+                        n = mp.header_into(header, ptype, flags, len(body))
+                        w.write(bytes(header[:n]) + body)
+                await w.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "mosquitto") as b:
+        yield b
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[MqttClient]]:
+    made: list[MqttClient] = []
+    yield made
+    for c in made:
+        await c.abort()
+
+
+def make(
+    made: list[MqttClient], port: int, cid: str, **kw: object
+) -> tuple[MqttClient, list[tuple[str, bytes, bool, bool]], asyncio.Event]:
+    got: list[tuple[str, bytes, bool, bool]] = []
+    event = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes, retain: bool, dup: bool) -> None:
+        got.append((topic, payload, retain, dup))
+        event.set()
+
+    options: dict[str, object] = {
+        "connect_timeout_ms": 2000,
+        "io_timeout_ms": 2000,
+        "ack_timeout_ms": 2000,
+    }
+    options.update(kw)
+    c = MqttClient(cid, LOOPBACK, port, on_message=on_message, **options)  # type: ignore[arg-type]
+    made.append(c)
+    return c, got, event
+
+
+async def wait_for(event: asyncio.Event, seconds: float = 3.0) -> None:
+    await asyncio.wait_for(event.wait(), seconds)
+    event.clear()
+
+
+async def test_connect_subscribe_publish_round_trip(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    c, got, event = make(clients, broker.port, "reader-1", keepalive=30)
+    assert await c.connect() is False  # clean session off, but nothing stored yet
+    assert await c.subscribe("att/v1/s/1/down/#", 1) == 1
+    await c.publish("att/v1/s/1/down/ack", b"\x00\x01qos1", qos=1)
+    await wait_for(event)
+    await c.publish("att/v1/s/1/down/cmd", b"qos0", qos=0)
+    await wait_for(event)
+    assert got == [
+        ("att/v1/s/1/down/ack", b"\x00\x01qos1", False, False),
+        ("att/v1/s/1/down/cmd", b"qos0", False, False),
+    ]
+    big = bytes(range(256)) * 3
+    await c.publish("att/v1/s/1/down/cmd", big, qos=1)
+    await wait_for(event)
+    assert got[-1][1] == big
+    await c.disconnect()
+    assert not c.connected
+    with pytest.raises(MqttError):
+        await c.publish("att/v1/s/1/up/batch", b"x", qos=1)
+    # clean session off: the broker kept the session and the subscription
+    assert await c.connect() is True
+    await c.publish("att/v1/s/1/down/ack", b"again", qos=1)
+    await wait_for(event)
+    assert got[-1][:2] == ("att/v1/s/1/down/ack", b"again")
+    await c.disconnect()
+
+
+async def test_puback_timeout_retransmits_with_dup_and_same_packet_id(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    dropped: list[int] = []
+
+    def keep(direction: str, ptype: int, flags: int, body: bytes) -> bool:
+        if direction == "down" and ptype == mp.PUBACK and not dropped:
+            dropped.append(mp.parse_packet_id(body))
+            return False
+        return True
+
+    proxy = await Proxy(broker.port, keep).start()
+    try:
+        c, _, _ = make(clients, proxy.port, "reader-2", ack_timeout_ms=300)
+        await c.connect()
+        started = time.monotonic()
+        await c.publish("att/v1/s/2/up/batch", b"records", qos=1)
+        assert 0.25 < time.monotonic() - started < 2.0
+        assert c.retransmits == 1
+        ups = [
+            mp.parse_publish(flags, body)
+            for d, ptype, flags, body in proxy.packets
+            if d == "up" and ptype == mp.PUBLISH
+        ]
+        assert len(ups) == 2
+        (t1, p1, q1, id1, dup1, _), (t2, p2, q2, id2, dup2, _) = ups
+        assert (t1, p1, q1, dup1) == ("att/v1/s/2/up/batch", b"records", 1, False)
+        assert (t2, p2, q2, dup2) == ("att/v1/s/2/up/batch", b"records", 1, True)
+        assert id1 == id2 == dropped[0]
+        # the next publish uses a new packet id and needs no retransmission
+        await c.publish("att/v1/s/2/up/batch", b"more", qos=1)
+        assert c.retransmits == 1
+        await c.disconnect()
+    finally:
+        await proxy.close()
+
+
+async def test_puback_never_comes_fails_after_the_retries(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    proxy = await Proxy(broker.port, lambda d, t, f, b: t != mp.PUBACK).start()
+    try:
+        c, _, _ = make(clients, proxy.port, "reader-3", ack_timeout_ms=100, retries=2)
+        await c.connect()
+        with pytest.raises(MqttError) as info:
+            await c.publish("att/v1/s/3/up/batch", b"x", qos=1)
+        assert info.value.code == mp.E_TIMEOUT
+        assert c.retransmits == 2
+        assert c.connected  # a missing PUBACK is not a dead link by itself
+    finally:
+        await proxy.close()
+
+
+async def test_last_will_on_a_dead_connection_not_on_disconnect(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    watcher, got, event = make(clients, broker.port, "gateway-s")
+    await watcher.connect()
+    await watcher.subscribe("att/v1/s/+/up/status", 1)
+    will = {
+        "will_topic": "att/v1/s/4/up/status",
+        "will_payload": b"offline",
+        "will_qos": 1,
+        "will_retain": True,
+    }
+    polite, _, _ = make(clients, broker.port, "reader-5", **will)
+    await polite.connect()
+    await polite.disconnect()
+    reader, _, _ = make(clients, broker.port, "reader-4", **will)
+    await reader.connect()
+    await reader.abort()  # the socket dies without DISCONNECT
+    await wait_for(event)
+    assert got == [("att/v1/s/4/up/status", b"offline", False, False)]
+    # retained: a later subscriber gets it too
+    late, late_got, late_event = make(clients, broker.port, "late")
+    await late.connect()
+    await late.subscribe("att/v1/s/4/up/status", 1)
+    await wait_for(late_event)
+    assert late_got == [("att/v1/s/4/up/status", b"offline", True, False)]
+    await asyncio.sleep(0.1)
+    assert len(got) == 1  # reader-5 said goodbye: no will
+
+
+async def test_keepalive_pings(broker: MosquittoBroker, clients: list[MqttClient]) -> None:
+    c, _, _ = make(clients, broker.port, "reader-6", keepalive=1)
+    await c.connect()
+    await asyncio.sleep(1.3)
+    assert c.pings_sent >= 2
+    assert c.pongs >= 2
+    assert c.connected and c.error is None
+    await c.disconnect()
+
+
+async def test_missing_pingresp_declares_the_link_dead(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    proxy = await Proxy(broker.port, lambda d, t, f, b: t != mp.PINGRESP).start()
+    try:
+        c, _, _ = make(clients, proxy.port, "reader-7", keepalive=1)
+        await c.connect()
+        started = time.monotonic()
+        while c.connected and time.monotonic() - started < 3:
+            await asyncio.sleep(0.05)
+        assert not c.connected
+        assert c.error is not None and c.error.code == mp.E_TIMEOUT
+        assert c.pongs == 0
+        with pytest.raises(MqttError):
+            await c.publish("att/v1/s/7/up/batch", b"x")
+    finally:
+        await proxy.close()
+
+
+async def test_connect_to_a_closed_port_fails_cleanly(clients: list[MqttClient]) -> None:
+    c, _, _ = make(clients, free_port(), "reader-8", connect_timeout_ms=1000)
+    started = time.monotonic()
+    with pytest.raises(MqttError) as info:
+        await c.connect()
+    assert info.value.code == mp.E_NETWORK
+    assert time.monotonic() - started < 1.5
+    assert not c.connected
+
+
+async def test_connect_to_a_silent_server_times_out(clients: list[MqttClient]) -> None:
+    server = await asyncio.start_server(lambda r, w: None, LOOPBACK, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c, _, _ = make(clients, port, "reader-9", connect_timeout_ms=300)
+        started = time.monotonic()
+        with pytest.raises(MqttError) as info:
+            await c.connect()
+        assert info.value.code == mp.E_TIMEOUT
+        assert 0.25 < time.monotonic() - started < 1.0
+    finally:
+        server.close()
+
+
+async def test_wrong_password_is_refused(tmp_path: Path, clients: list[MqttClient]) -> None:
+    pw = write_password_file(tmp_path / "passwd", {"10": "right"})
+    with MosquittoBroker(tmp_path / "m", allow_anonymous=False, password_file=pw) as b:
+        c, _, _ = make(clients, b.port, "reader-10", username="10", password="wrong")
+        started = time.monotonic()
+        with pytest.raises(MqttError) as info:
+            await c.connect()
+        assert info.value.code == mp.E_REFUSED
+        assert info.value.detail in ("not authorized", "bad user name or password")
+        assert time.monotonic() - started < 2.0
+        assert not c.connected
+        ok, _, _ = make(clients, b.port, "reader-10", username="10", password="right")
+        await ok.connect()
+        assert ok.connected
+        await ok.disconnect()
+
+
+# The client on MicroPython. The WebAssembly VM has no sockets, so asyncio.open_connection is
+# replaced by an in-memory broker (one object for both ends, as MicroPython's Stream) that answers
+# CONNECT, SUBSCRIBE and PINGREQ, echoes publishes to echo/... and drops the first PUBACK.
+VM_CODE = """
+import asyncio
+from firmware import mqtt_packets as mp
+from firmware.mqtt import MqttClient
+from firmware.mqtt_packets import MqttError
+
+class FakeBroker:
+    def __init__(self):
+        self.dec = mp.Decoder(512)
+        self.inbox = []
+        self.ev = asyncio.Event()
+        self.closed = False
+        self.dropped = False
+        self.publishes = []
+        self.acked = []
+
+    async def read(self, n):
+        while not self.inbox and not self.closed:
+            self.ev.clear()
+            await self.ev.wait()
+        return self.inbox.pop(0) if self.inbox else b""
+
+    def reply(self, data):
+        self.inbox.append(data)
+        self.ev.set()
+
+    def write(self, data):
+        for t, f, body in self.dec.feed(bytes(data)):
+            if t == mp.CONNECT:
+                c = mp.parse_connect(body)
+                print("connect", c["client_id"], c["clean_session"], c["will_topic"])
+                self.reply(mp.connack(False, 0))
+            elif t == mp.SUBSCRIBE:
+                pid, topics = mp.parse_subscribe(body)
+                self.reply(mp.suback(pid, b"\\x01"))
+            elif t == mp.PINGREQ:
+                self.reply(mp.PINGRESP_PACKET)
+            elif t == mp.PUBACK:
+                self.acked.append(mp.parse_packet_id(body))
+            elif t == mp.PUBLISH:
+                topic, payload, qos, pid, dup, retain = mp.parse_publish(f, body)
+                self.publishes.append((pid, dup))
+                if qos and not self.dropped:
+                    self.dropped = True
+                    continue
+                if qos:
+                    self.reply(mp.puback(pid))
+                if topic.startswith("echo"):
+                    self.reply(mp.publish(topic, payload, 1, 77))
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        self.closed = True
+        self.ev.set()
+
+    async def wait_closed(self):
+        pass
+
+brokers = []
+
+async def fake_open(host, port):
+    b = FakeBroker()
+    brokers.append(b)
+    return b, b
+
+asyncio.open_connection = fake_open
+got = []
+
+async def main():
+    c = MqttClient("reader-1", "gw", 1883, keepalive=1, ack_timeout_ms=150,
+                   will_topic="att/v1/s/1/up/status", will_payload=b"off",
+                   on_message=lambda t, p, r, d: got.append((t, p)))
+    print("session", await c.connect())
+    print("granted", await c.subscribe("echo/#", 1))
+    await c.publish("echo/x", b"hello", qos=1)
+    await asyncio.sleep_ms(50)
+    b = brokers[0]
+    print("publishes", b.publishes, "retransmits", c.retransmits)
+    print("got", got, "acked", b.acked)
+    await asyncio.sleep_ms(1100)
+    print("pings", c.pings_sent >= 2, c.pongs >= 2, c.connected)
+    await c.disconnect()
+    print("closed", b.closed, c.connected)
+    try:
+        await c.publish("echo/x", b"late", qos=1)
+    except MqttError as e:
+        print("after", e.code == mp.E_CLOSED)
+
+asyncio.run(main())
+"""
+
+
+def test_client_on_micropython(mpvm: MPVM) -> None:
+    out = mpvm.run(VM_CODE, timeout=30).splitlines()
+    assert out == [
+        "connect reader-1 False att/v1/s/1/up/status",
+        "session False",
+        "granted 1",
+        "publishes [(2, False), (2, True)] retransmits 1",
+        "got [('echo/x', b'hello')] acked [77]",
+        "pings True True True",
+        "closed True False",
+        "after True",
+    ]
+
+
+async def test_keepalive_while_only_sending_qos0(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    c, _, _ = make(clients, broker.port, "reader-11", keepalive=1)
+    await c.connect()
+    for _ in range(18):  # 1.8 s: longer than the 1.5 keepalives the receive side waits
+        await c.publish("att/v1/s/11/up/status", b"x", qos=0)
+        await asyncio.sleep(0.1)
+    assert c.connected and c.error is None
+    assert c.pings_sent >= 2 and c.pongs >= 2
+    await c.disconnect()
+
+
+async def test_a_failing_message_callback_closes_the_link(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    c, _, _ = make(clients, broker.port, "reader-12")
+
+    def boom(topic: str, payload: bytes, retain: bool, dup: bool) -> None:
+        raise ValueError("application bug")
+
+    c.on_message = boom
+    await c.connect()
+    await c.subscribe("t/12", 1)
+    await c.publish("t/12", b"x", qos=0)
+    for _ in range(40):
+        if not c.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert c.error is not None and c.error.code == mp.E_PROTOCOL
+    assert "application bug" in c.error.detail
