@@ -1,12 +1,28 @@
 """The reader's own asyncio MQTT 3.1.1 client (QoS 0 and 1), on MicroPython and CPython.
 
-One TCP connection per ``MqttClient``: ``connect`` (credentials, last will, clean session off by
-default), a receive task that dispatches incoming packets, a keepalive task that sends PINGREQ and
-declares the link dead when PINGRESP does not come back, ``publish`` at QoS 0 or 1 (QoS 1 waits
-for PUBACK and retransmits with DUP and the same packet id), ``subscribe`` and ``disconnect``.
-Every socket operation is bounded by a timeout (``firmware.aio.wait_ms``). Errors surface as
-``MqttError``; once the link is lost (``error`` set) the client must be replaced by a new
-``connect``. Not here yet: reconnect with backoff, TLS, QoS 2, inflight window limits.
+One TCP connection at a time per ``MqttClient``: ``connect`` (credentials, last will, clean
+session off by default), a receive task that dispatches incoming packets, a keepalive task that
+sends PINGREQ and declares the link dead when PINGRESP does not come back, ``publish`` at QoS 0 or
+1 (QoS 1 waits for PUBACK and retransmits with DUP and the same packet id), ``subscribe`` and
+``disconnect``. Every socket operation is bounded by a timeout (``firmware.aio.wait_ms``). Errors
+surface as ``MqttError``.
+
+Reconnecting. Without a supervisor, a lost link (``error`` set) stays lost until the caller
+calls ``connect`` again. The uploader instead starts ``asyncio.create_task(client.run())``: it
+connects, and whenever the link is lost reconnects after a capped exponential backoff with jitter
+(``Backoff``: ``backoff_first_ms`` doubling up to ``backoff_cap_ms``, +-20 %, reset by a
+successful CONNACK; the jitter comes from a 16-bit xorshift seeded by the client id, so readers
+restarted together by a power cut spread out and a test can predict the sequence).
+``wait_connected(ms)`` waits for the link; ``disconnect``/``abort`` also end ``run``.
+
+In-flight window. At most ``max_inflight`` QoS 1 publishes (default 1: the uploader is
+stop-and-wait) await their PUBACK; one more raises ``MqttError(E_WINDOW_FULL)`` at once. While
+``run`` supervises a persistent session (clean session off), a QoS 1 ``publish`` survives a lost
+link: it keeps waiting (within its ``ack_timeout_ms * (retries + 1)`` budget), and right after
+the next CONNACK -- before any new publish can go out -- every unacknowledged publish is re-sent
+with DUP and its original packet id. The window keeps a copy of topic and payload (bounded by the
+window size). Unsupervised, or with a clean session, a lost link fails the waiting publishes.
+Not here: TLS, QoS 2.
 """
 
 import asyncio
@@ -15,6 +31,7 @@ from firmware import mqtt_packets as mp
 from firmware.aio import sleep_ms, wait_ms
 from firmware.mqtt_packets import MqttError
 from firmware.ticks import ticks_add, ticks_diff, ticks_ms
+from protocol.compat import const
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,6 +40,47 @@ if TYPE_CHECKING:
 
     # (topic, payload, retain, dup)
     MessageCallback = Callable[[str, bytes, bool, bool], None]
+
+
+E_WINDOW_FULL = const(12)  # a QoS 1 publish while ``max_inflight`` others await their PUBACK
+
+_JITTER_PCT = const(20)
+
+
+class Backoff:
+    """Capped exponential backoff with deterministic jitter, allocation-free per step.
+
+    ``next()`` returns ``base +- 20 %`` (never above ``cap_ms``) and doubles ``base`` up to
+    ``cap_ms``; ``reset()`` goes back to ``first_ms``. The jitter is a 16-bit xorshift (period
+    65535) seeded from ``seed`` (the client id): small ints only, no ``random`` module needed.
+    """
+
+    def __init__(self, seed: "str | bytes", first_ms: int = 500, cap_ms: int = 30000) -> None:
+        h = 0
+        for b in seed.encode() if isinstance(seed, str) else seed:
+            h = (h * 31 + b) & 0xFFFF
+        self._state = h or 0xACE1
+        self.first_ms = first_ms
+        self.cap_ms = cap_ms
+        self.base_ms = first_ms
+
+    def _rand(self) -> int:
+        x = self._state
+        x ^= (x << 7) & 0xFFFF
+        x ^= x >> 9
+        x ^= (x << 8) & 0xFFFF
+        self._state = x
+        return x
+
+    def next(self) -> int:
+        base = self.base_ms
+        pct = 100 - _JITTER_PCT + self._rand() % (2 * _JITTER_PCT + 1)
+        delay = min(base * pct // 100, self.cap_ms)
+        self.base_ms = min(base * 2, self.cap_ms)
+        return delay
+
+    def reset(self) -> None:
+        self.base_ms = self.first_ms
 
 
 class _Waiter:
@@ -54,6 +112,9 @@ class MqttClient:
         ack_timeout_ms: int = 5000,
         retries: int = 3,
         max_packet: int = 1024,
+        max_inflight: int = 1,
+        backoff_first_ms: int = 500,
+        backoff_cap_ms: int = 30000,
     ) -> None:
         self.client_id = client_id
         self.host = host
@@ -71,6 +132,14 @@ class MqttClient:
         self.io_timeout_ms = io_timeout_ms
         self.ack_timeout_ms = ack_timeout_ms
         self.retries = retries
+        self.max_inflight = max_inflight
+        self.backoff = Backoff(client_id, backoff_first_ms, backoff_cap_ms)
+        # packet id -> (topic, payload, retain) of QoS 1 publishes awaiting PUBACK
+        self._inflight: dict[int, tuple[bytes, bytes, bool]] = {}
+        self._running = False
+        self._down = asyncio.Event()  # set while the link is lost (wakes ``run``)
+        self._up = asyncio.Event()  # set while connected
+        self._stop = asyncio.Event()  # cuts ``run``'s backoff sleep short
         self._decoder = mp.Decoder(max_packet)
         self._txbuf = bytearray(max_packet)
         self._ackbuf = bytearray(4)
@@ -92,6 +161,8 @@ class MqttClient:
         self.pings_sent = 0
         self.pongs = 0
         self.retransmits = 0
+        self.reconnects = 0  # successful connects by ``run`` after the first
+        self.connect_failures = 0
 
     # -- socket operations, each with a timeout ----------------------------------------------
 
@@ -146,11 +217,20 @@ class MqttClient:
                 self.will_topic, self.will_payload, self.will_qos, self.will_retain,
             ))
             await self._await_connack()
+            if not self.clean_session:
+                # unacknowledged QoS 1 publishes first, with DUP and their original packet ids;
+                # ``connected`` is still False, so no new publish can get in between
+                for pid, (t, payload, retain) in list(self._inflight.items()):
+                    self.retransmits += 1
+                    n = mp.publish_into(self._txbuf, t, payload, 1, pid, True, retain)
+                    await self._send(memoryview(self._txbuf)[:n])
         except MqttError as exc:
             await self._close()
             self.error = exc
             raise
         self.connected = True
+        self._down.clear()
+        self._up.set()
         self._ping_pending = False
         self._tasks = [asyncio.create_task(self._rx_loop())]
         if self.keepalive:
@@ -177,8 +257,44 @@ class MqttClient:
             self._early = packets[1:]
             return
 
+    async def run(self) -> None:
+        """Stay connected until ``disconnect``/``abort``: reconnect with ``backoff`` after a
+        failed connect or a lost link. Run it as a task; it never raises ``MqttError``."""
+        if self._running:
+            raise MqttError(mp.E_PROTOCOL, "already running")
+        self._running = True
+        self._stop.clear()
+        first = True
+        try:
+            while self._running:
+                if not self.connected:
+                    await self._close()
+                    try:
+                        await self.connect()
+                    except MqttError:
+                        self.connect_failures += 1
+                        await wait_ms(self._stop.wait(), self.backoff.next())
+                        continue
+                    self.backoff.reset()
+                    if not first:
+                        self.reconnects += 1
+                    first = False
+                await self._down.wait()
+        finally:
+            self._running = False
+
+    async def wait_connected(self, timeout_ms: int) -> bool:
+        """True once connected (at once if already), False after ``timeout_ms``."""
+        return self.connected or await wait_ms(self._up.wait(), timeout_ms)
+
+    def _stop_running(self) -> None:
+        self._running = False
+        self._stop.set()
+        self._down.set()
+
     async def disconnect(self) -> None:
-        """Send DISCONNECT (the broker then drops the last will) and close."""
+        """Send DISCONNECT (the broker then drops the last will), close, and end ``run``."""
+        self._stop_running()
         if self.connected and self.error is None:
             try:
                 await self._send(mp.DISCONNECT_PACKET)
@@ -188,7 +304,8 @@ class MqttClient:
         await self._close()
 
     async def abort(self) -> None:
-        """Close the socket without DISCONNECT: the broker publishes the last will."""
+        """Close the socket without DISCONNECT (the broker publishes the last will); end ``run``."""
+        self._stop_running()
         self._lost(MqttError(mp.E_CLOSED, "aborted"))
         await self._close()
 
@@ -197,8 +314,13 @@ class MqttClient:
         if self.error is None:
             self.error = exc
         self.connected = False
-        for w in self._waiters.values():
-            w.event.set()
+        self._up.clear()
+        self._down.set()
+        # a supervised persistent session keeps its in-flight publishes waiting for the resend
+        keep = self._running and not self.clean_session
+        for pid, w in self._waiters.items():
+            if not (keep and pid in self._inflight):
+                w.event.set()
         current = asyncio.current_task()
         for t in self._tasks:
             if t is not current:
@@ -314,21 +436,34 @@ class MqttClient:
             n = mp.publish_into(self._txbuf, t, payload, 0, 0, False, retain)
             await self._send(memoryview(self._txbuf)[:n])
             return
+        if len(self._inflight) >= self.max_inflight:
+            raise MqttError(E_WINDOW_FULL, f"{self.max_inflight} publish(es) awaiting PUBACK")
         pid = self._new_pid()
         w = _Waiter()
         self._waiters[pid] = w
+        self._inflight[pid] = (t, bytes(payload), retain)
         try:
             for attempt in range(self.retries + 1):
-                if attempt:
-                    self.retransmits += 1
-                # encoded and written without an await in between: the shared buffer is safe
-                n = mp.publish_into(self._txbuf, t, payload, 1, pid, attempt > 0, retain)
-                await self._send(memoryview(self._txbuf)[:n])
-                if await self._await_ack(pid, w):
+                # while the link is down the resend after the reconnect stands in for this one
+                if self.connected:
+                    if attempt:
+                        self.retransmits += 1
+                    # encoded and written without an await in between: the shared buffer is safe
+                    n = mp.publish_into(self._txbuf, t, payload, 1, pid, attempt > 0, retain)
+                    try:
+                        await self._send(memoryview(self._txbuf)[:n])
+                    except MqttError:
+                        if not (self._running and not self.clean_session):
+                            raise
+                await wait_ms(w.event.wait(), self.ack_timeout_ms)
+                if w.result is not None:
                     return
+                if w.event.is_set():  # set without a result: the link was lost
+                    raise self.error or MqttError(mp.E_CLOSED, "link lost")
             raise MqttError(mp.E_TIMEOUT, f"no PUBACK for packet {pid}")
         finally:
             del self._waiters[pid]
+            del self._inflight[pid]
 
     async def subscribe(self, topic: str, qos: int = 1) -> int:
         """Subscribe and return the granted QoS (``E_REFUSED`` on a SUBACK failure)."""

@@ -2,7 +2,10 @@
 connect with clean session off, subscribe, QoS 0/1 publish received back, PUBACK timeout ->
 retransmission with DUP and the same packet id (through a proxy that drops the first PUBACK),
 the last will on a dead connection (and not on a clean disconnect), keepalive pings and a link
-declared dead when PINGRESP stops, and connects that fail cleanly within their timeout."""
+declared dead when PINGRESP stops, and connects that fail cleanly within their timeout. Then
+``run()``: the broker restarted under a supervised client, which reconnects with growing backoff
+delays and re-sends its unacknowledged QoS 1 publish with DUP and the same packet id; the backoff
+sequence itself (fixed seed, same on MicroPython); and the bounded in-flight window."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from firmware import mqtt_packets as mp
-from firmware.mqtt import MqttClient
+from firmware.mqtt import E_WINDOW_FULL, Backoff, MqttClient
 from firmware.mqtt_packets import Decoder, MqttError
 from sim.broker import LOOPBACK, MosquittoBroker, free_port, write_password_file
 from tests.mpvm import MPVM
@@ -30,6 +33,7 @@ class Proxy:
         self.target_port = target_port
         self.keep = keep or (lambda *_: True)
         self.packets: list[Packet] = []
+        self.refuse = False  # accept, then close at once (as if the broker were down)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,7 +50,13 @@ class Proxy:
             self._server.close()
 
     async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        br, bw = await asyncio.open_connection(LOOPBACK, self.target_port)
+        try:
+            if self.refuse:
+                raise ConnectionRefusedError
+            br, bw = await asyncio.open_connection(LOOPBACK, self.target_port)
+        except OSError:
+            cw.close()
+            return
         for args in ((cr, bw, "up"), (br, cw, "down")):
             t = asyncio.create_task(self._pump(*args))  # type: ignore[arg-type]
             self._tasks.add(t)
@@ -433,3 +443,195 @@ async def test_a_failing_message_callback_closes_the_link(
         await asyncio.sleep(0.05)
     assert c.error is not None and c.error.code == mp.E_PROTOCOL
     assert "application bug" in c.error.detail
+
+
+def test_backoff_grows_caps_and_is_deterministic() -> None:
+    b = Backoff("reader-1", 500, 30000)
+    delays = [b.next() for _ in range(10)]
+    assert delays == [580, 1020, 1740, 3880, 7920, 15520, 29400, 26400, 28800, 26400]
+    bases = [min(500 << i, 30000) for i in range(10)]
+    for d, base in zip(delays, bases, strict=True):
+        assert base * 0.8 <= d <= min(base * 1.2, 30000)
+    assert max(delays) <= 30000
+    b.reset()
+    assert 400 <= b.next() <= 600  # a successful CONNACK starts over
+    again = Backoff("reader-1", 500, 30000)
+    assert [again.next() for _ in range(10)] == delays
+    other = Backoff("reader-2", 500, 30000)
+    assert [other.next() for _ in range(10)] != delays  # readers restarted together spread out
+
+
+def test_backoff_on_micropython(mpvm: MPVM) -> None:
+    code = "from firmware.mqtt import Backoff\nb = Backoff('reader-1')\n"
+    code += "print([b.next() for _ in range(10)])\n"
+    out = mpvm.run(code, timeout=30).strip()
+    assert out == "[580, 1020, 1740, 3880, 7920, 15520, 29400, 26400, 28800, 26400]"
+
+
+async def test_broker_restart_reconnects_and_resends_the_unacked_publish(
+    tmp_path: Path, clients: list[MqttClient]
+) -> None:
+    drop_pubacks = True
+
+    def keep(direction: str, ptype: int, flags: int, body: bytes) -> bool:
+        return not (drop_pubacks and ptype == mp.PUBACK)
+
+    first = MosquittoBroker(tmp_path / "a").start()
+    port = first.port
+    proxy = await Proxy(port, keep).start()
+    second: MosquittoBroker | None = None
+    run_task: asyncio.Task[None] | None = None
+    try:
+        c, _, _ = make(
+            clients,
+            proxy.port,
+            "reader-13",
+            ack_timeout_ms=2000,
+            retries=3,
+            backoff_first_ms=100,
+            backoff_cap_ms=800,
+        )
+        delays: list[int] = []
+        real_next = c.backoff.next
+
+        def recording_next() -> int:
+            delays.append(real_next())
+            return delays[-1]
+
+        c.backoff.next = recording_next  # type: ignore[method-assign]
+        run_task = asyncio.create_task(c.run())
+        assert await c.wait_connected(2000)
+        pub = asyncio.create_task(c.publish("att/v1/s/13/up/batch", b"records", qos=1))
+        await asyncio.sleep(0.2)  # sent; its PUBACK is dropped
+        assert not pub.done()
+        proxy.refuse = True
+        first.stop()  # the broker goes away: the proxy closes the client's connection
+        for _ in range(40):
+            if not c.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not c.connected
+        second = MosquittoBroker(tmp_path / "b", port=port).start()
+        watcher, got, event = make(clients, port, "gateway-13")
+        await watcher.connect()
+        await watcher.subscribe("att/v1/s/13/up/#", 1)
+        await asyncio.sleep(0.8)  # a few refused reconnects
+        drop_pubacks = False
+        proxy.refuse = False
+        await asyncio.wait_for(pub, 4.0)  # acknowledged by the restarted broker
+        await wait_for(event)
+        assert got == [("att/v1/s/13/up/batch", b"records", False, False)]
+        assert c.connected and c.reconnects == 1
+        assert len(delays) >= 3 and c.connect_failures == len(delays)
+        assert delays[1] > delays[0] and delays[2] > delays[1]
+        assert max(delays) <= 800
+        ups = [
+            mp.parse_publish(flags, body)
+            for d, ptype, flags, body in proxy.packets
+            if d == "up" and ptype == mp.PUBLISH
+        ]
+        assert [(u[1], u[4]) for u in ups] == [(b"records", False), (b"records", True)]
+        assert ups[0][3] == ups[1][3]  # the original packet id
+        downs = [mp.parse_packet_id(b) for d, t, _, b in proxy.packets if t == mp.PUBACK]
+        assert downs[-1] == ups[0][3]
+        await c.disconnect()
+        await asyncio.wait_for(run_task, 2.0)  # disconnect ends run()
+    finally:
+        if run_task is not None:
+            run_task.cancel()
+        await proxy.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+async def test_inflight_window_is_bounded(
+    broker: MosquittoBroker, clients: list[MqttClient]
+) -> None:
+    proxy = await Proxy(broker.port, lambda d, t, f, b: t != mp.PUBACK).start()
+    try:
+        c, _, _ = make(clients, proxy.port, "reader-14", ack_timeout_ms=200, retries=0)
+        await c.connect()
+        first = asyncio.create_task(c.publish("att/v1/s/14/up/batch", b"1", qos=1))
+        await asyncio.sleep(0.05)
+        with pytest.raises(MqttError) as info:
+            await c.publish("att/v1/s/14/up/batch", b"2", qos=1)
+        assert info.value.code == E_WINDOW_FULL
+        await c.publish("att/v1/s/14/up/status", b"qos0 is not windowed", qos=0)
+        with pytest.raises(MqttError):
+            await first  # no PUBACK: times out and frees its slot
+        two, _, _ = make(
+            clients, proxy.port, "reader-15", ack_timeout_ms=200, retries=0, max_inflight=2
+        )
+        await two.connect()
+        a = asyncio.create_task(two.publish("t/15", b"a", qos=1))
+        b = asyncio.create_task(two.publish("t/15", b"b", qos=1))
+        await asyncio.sleep(0.05)
+        with pytest.raises(MqttError) as info:
+            await two.publish("t/15", b"c", qos=1)
+        assert info.value.code == E_WINDOW_FULL
+        for t in (a, b):
+            with pytest.raises(MqttError):
+                await t
+        assert c.connected and two.connected
+    finally:
+        await proxy.close()
+
+
+# run() on MicroPython: the first fake broker swallows the PUBACK and then dies, the next connect
+# is refused once (backoff), the third broker gets the publish again with DUP and acknowledges it.
+VM_RECONNECT = (
+    VM_CODE.split("got = []")[0]
+    + """
+opens = []
+
+async def flaky_open(host, port):
+    opens.append(1)
+    if len(opens) == 2:
+        raise OSError(111)
+    r, w = await fake_open(host, port)
+    w.dropped = len(brokers) > 1  # only the first broker swallows a PUBACK
+    return r, w
+
+asyncio.open_connection = flaky_open
+
+async def main():
+    c = MqttClient("reader-1", "gw", 1883, keepalive=0, ack_timeout_ms=400, retries=3,
+                   backoff_first_ms=20, backoff_cap_ms=100)
+    task = asyncio.create_task(c.run())
+    print("up", await c.wait_connected(500))
+    pub = asyncio.create_task(c.publish("att/x", b"rec", qos=1))
+    await asyncio.sleep_ms(50)
+    try:
+        await c.publish("att/x", b"more", qos=1)
+    except MqttError as e:
+        print("window", e.code == E_WINDOW_FULL)
+    brokers[0].reply(b"")
+    brokers[0].close()
+    await pub
+    print("first", brokers[0].publishes, "third", brokers[1].publishes)
+    print("reconnects", c.reconnects, "failures", c.connect_failures, c.connected)
+    await c.disconnect()
+    await task
+    print("stopped")
+
+asyncio.run(main())
+"""
+)
+
+
+def test_reconnect_and_resend_on_micropython(mpvm: MPVM) -> None:
+    code = VM_RECONNECT.replace(
+        "from firmware.mqtt import MqttClient",
+        "from firmware.mqtt import E_WINDOW_FULL, MqttClient",
+    )
+    out = mpvm.run(code, timeout=30).splitlines()
+    assert out == [
+        "connect reader-1 False None",
+        "up True",
+        "window True",
+        "connect reader-1 False None",
+        "first [(1, False)] third [(1, True)]",
+        "reconnects 1 failures 1 True",
+        "stopped",
+    ]
