@@ -58,7 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
-from gateway import timing
+from gateway import reader_commands, timing
 from gateway.cards import card_id
 from gateway.config import IngestConfig
 from gateway.metrics import GatewayMetrics, ReaderSeen
@@ -146,6 +146,7 @@ class _Effects:
     offline: int | None = None
     heartbeat: bool = False
     result: dict[str, object] | None = None
+    command: reader_commands.Command | None = None  # issued automatically (set_time)
     error: str | None = None
     value: Any = None
 
@@ -428,7 +429,13 @@ class Ingest:
                 seen.heartbeat_ms, "offline", seen.queue_depth, seen.dropped, seen.clock_health)}
         if eff.result is not None:
             m.results.inc()
-            log.info("command result", extra=eff.result)
+            if eff.result["command"] == "recorded":
+                m.commands_settled.labels(str(eff.result["status"])).inc()
+            log.log(logging.INFO if eff.result["command"] in ("recorded", "repeat")
+                    else logging.WARNING, "command result", extra=eff.result)
+        if eff.command is not None:
+            log.info("reader clock to be set", extra={
+                "reader_id": eff.command.reader_id, "cmd_seq": eff.command.cmd_seq})
 
     def _resolve(self, jobs: list[_Job], outcomes: list[Outcome]) -> None:
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -645,6 +652,10 @@ class Ingest:
              hb["dropped"], hb["last_ack_boot"], hb["last_ack_seq"], clock.offset_ms,
              clock.health, clock.baseline_ms, clock.event_ms))
         self._statuses[reader_id] = _Status(boot_no, uptime, clock, clock.offset_ms)
+        if not job.retained:  # a bus reader without NTP gets the gateway's time
+            eff.command = reader_commands.auto_set_time(
+                conn, reader_id, hb["clock_synced"], hb["time_s"], job.received_ms,
+                job.transport)
         eff.heartbeat = True
         eff.seen = (reader_id, ReaderSeen(job.received_ms, hb["state"], hb["queue_depth"],
                                           hb["dropped"], clock.health))
@@ -662,8 +673,10 @@ class Ingest:
             fields, _key = verify_message("result", job.reader_id, job.payload, self.keys)
         except BatchRejected as exc:
             return self._reject_message(job, eff, exc)
+        settled = reader_commands.record_result(self._conn, job.reader_id, fields["cmd_seq"],
+                                                fields["status"], job.received_ms)
         eff.result = {"reader_id": fields["reader_id"], "cmd_seq": fields["cmd_seq"],
-                      "status": fields["status"], "transport": job.transport}
+                      "status": fields["status"], "transport": job.transport, "command": settled}
         return eff
 
     # -- readers, reader_boots and reader_status (written through, forgotten on rollback) ------

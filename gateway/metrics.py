@@ -91,6 +91,17 @@ class GatewayMetrics:
                                   registry=r)
         self.results = Counter("attendance_command_results", "Command results verified",
                                registry=r)
+        self.commands_issued = Counter(
+            "attendance_commands_issued",
+            "Commands to readers taken up by the gateway (first send, or settled unsent), by "
+            "opcode and source (cli, auto)", ["opcode", "source"], registry=r)
+        self.commands_sent = Counter(
+            "attendance_commands_sent", "Command messages handed to a transport, by transport "
+            "and attempt (first, resend)", ["transport", "attempt"], registry=r)
+        self.commands_settled = Counter(
+            "attendance_commands_settled",
+            "Commands reaching a final status (a reader's result, expired, cancelled), by status",
+            ["status"], registry=r)
         self.errors = Counter("attendance_ingest_errors",
                               "Messages left unacknowledged by an internal error, by stage",
                               ["stage"], registry=r)

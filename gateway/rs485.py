@@ -260,6 +260,14 @@ class BusMaster:
                 return True
         return False
 
+    def withdraw_command(self, reader_id: int, command: bytes) -> bool:
+        """Drop a queued command that has not gone out yet (it expired); True if it was queued."""
+        for reader in self._order:
+            if reader.reader_id == reader_id and command in reader.commands:
+                reader.commands.remove(command)
+                return True
+        return False
+
     def links(self) -> list[ReaderLink]:
         return [
             ReaderLink(r.address, r.reader_id, r.answering, r.last_answer_ms, len(r.commands))

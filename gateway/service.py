@@ -7,7 +7,7 @@ straight from the socket callback, in arrival order:
 * ``up/batch`` → :meth:`Ingest.submit` ``batch``; the signed ack it returns is published on the
   reader's ``down/ack`` at QoS 1 once the records are durably committed, never before;
 * ``up/status`` → heartbeat (a retained status is flagged: its receive time says nothing);
-* ``up/result`` → command result;
+* ``up/result`` → command result (it settles the command, ``gateway/reader_commands.py``);
 * a topic outside the tree, or another school's → quarantined as ``bad_topic``; a payload whose
   reader differs from the topic's → ``identity_mismatch`` (decided by verification);
 * a reader with ``max_pending_per_reader`` messages already waiting in the ingest is flooding:
@@ -161,6 +161,19 @@ class GatewayService:
             session.puback(mid, qos)
         # Not committed (database error): no PUBACK, so the broker redelivers it after the next
         # reconnect; the reader also resends on its own.
+
+    def publish_command(self, reader_id: int, message: bytes) -> bool:
+        """Publish a signed command on the reader's ``down/cmd`` (QoS 1, not retained), for
+        ``gateway/reader_commands.py``; False when there is no session to take it."""
+        session = self._session
+        if session is None or not self.connected.is_set():
+            return False
+        name = topics.topic(self.config.school, reader_id, "down", "cmd")
+        info = session.publish_now(name, message)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("command not published", extra={"topic": name, "rc": int(info.rc)})
+            return False
+        return True
 
     # -- the session ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``attendance-gateway readers``: register, list, rotate and revoke readers; broker files.
+"""``attendance-gateway readers``: register, list, rotate and revoke readers; broker files;
+commands to readers (``command``, ``commands``: ``gateway/reader_commands.py``).
 
 ``add`` and ``rotate`` print the reader's new key and MQTT password once, for the technician to
 provision the reader; no other command ever prints a secret.
@@ -11,11 +12,12 @@ import contextlib
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from gateway import db
+from gateway import db, reader_commands
 from gateway.broker_config import (
     DEFAULT_ACL_FILE,
     DEFAULT_PASSWORD_FILE,
@@ -25,7 +27,9 @@ from gateway.broker_config import (
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
 from gateway.keystore import KeystoreError
+from gateway.reader_commands import CONFIG_RANGES, Command, CommandError
 from gateway.registry import Credentials, Reader, Registry, RegistryError
+from gateway.types import system_clock
 
 _VI = {
     "bad_value": "Giá trị không hợp lệ",
@@ -35,7 +39,24 @@ _VI = {
     "unknown_reader": "Chưa đăng ký đầu đọc này",
     "reader_revoked": "Đầu đọc đã bị thu hồi",
     "no_master_key": "Thiếu tệp khóa chủ",
+    "seq_exhausted": "Đã dùng hết số thứ tự lệnh",
 }
+
+# ``readers command READER ACTION``: the protocol's opcode for each action (SPEC §7.1)
+_ACTIONS = {"set-time": "set_time", "set-config": "set_config", "heartbeat": "request_heartbeat",
+            "reboot": "reboot"}
+_CONFIG_HELP = {
+    "debounce_ms": "bỏ qua thẻ lặp lại trong N ms / ignore a repeated card for N ms",
+    "volume": "âm lượng còi, %% / buzzer volume, %%",
+    "heartbeat_s": "nhịp tim mỗi N giây / heartbeat every N seconds",
+    "batch_max_records": "số bản ghi tối đa mỗi gói / records per batch at most",
+}
+_STATUS_VI = {
+    "pending": "chờ gửi", "sent": "đã gửi", "ok": "thành công", "unknown_opcode": "không hỗ trợ",
+    "bad_args": "tham số sai", "stale": "lệnh cũ, bỏ qua", "failed": "thất bại",
+    "expired": "hết hạn", "cancelled": "đã hủy",
+}
+_WAIT_POLL_S = 0.2
 
 
 def _reload_hint(config_file: Path) -> str:
@@ -100,6 +121,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "e.g. mosquitto")
     broker.set_defaults(func=_command(_broker_config))
 
+    command = actions.add_parser(
+        "command", parents=[common, as_json],
+        help="gửi lệnh tới đầu đọc / send a command to a reader",
+        description="Xếp lệnh cho đầu đọc; cổng đang chạy gửi lệnh (đã ký) khi đầu đọc trực "
+                    "tuyến / queue a command; the running gateway sends it, signed, once the "
+                    "reader is online")
+    command.add_argument("reader_id", type=int, help="mã đầu đọc / reader id")
+    command.add_argument(
+        "action", choices=list(_ACTIONS),
+        help="set-time: đặt giờ theo cổng / set the reader's clock to the gateway's; "
+             "set-config: đổi cấu hình / change its settings; heartbeat: gửi nhịp tim ngay / "
+             "send a heartbeat now; reboot: khởi động lại / restart it")
+    for name, (lowest, highest) in CONFIG_RANGES.items():
+        command.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=int, metavar="N",
+            help=f"set-config: {_CONFIG_HELP.get(name, name)} ({lowest}..{highest})")
+    command.add_argument("--wait", type=float, default=0.0, metavar="S",
+                         help="chờ kết quả tối đa S giây / wait up to S seconds for the result")
+    command.set_defaults(func=_command(_send_command))
+
+    history = actions.add_parser(
+        "commands", parents=[common, as_json],
+        help="các lệnh gần đây và trạng thái / recent commands and their status")
+    history.add_argument("reader_id", type=int, nargs="?", help="mã đầu đọc / reader id")
+    history.add_argument("--limit", type=int, default=20, metavar="N",
+                         help="số lệnh / how many (default 20)")
+    history.set_defaults(func=_command(_list_commands))
+
 
 @contextlib.contextmanager
 def _registry(config: GatewayConfig) -> Iterator[Registry]:
@@ -116,7 +165,7 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
         try:
             with _registry(config) as registry:
                 return handler(args, config, registry)
-        except RegistryError as exc:
+        except (RegistryError, CommandError) as exc:
             print(f"{_VI.get(exc.code, 'Lỗi')} / {exc}", file=sys.stderr)
             return 1
         except (KeystoreError, BrokerConfigError, db.DatabaseError) as exc:
@@ -229,4 +278,106 @@ def _broker_config(args: argparse.Namespace, config: GatewayConfig, registry: Re
     print(f"Đã ghi / wrote {files.password_file} ({len(files.readers)} đầu đọc / readers + "
           f"tài khoản cổng / gateway account '{config.mqtt.username}') và / and {files.acl_file}")
     print("Nạp lại Mosquitto / reload Mosquitto: sudo systemctl reload mosquitto")
+    return 0
+
+
+# -- commands to readers -------------------------------------------------------------------------
+
+
+def _command_json(command: Command) -> dict[str, Any]:
+    return {
+        "reader_id": command.reader_id, "cmd_seq": command.cmd_seq, "opcode": command.opcode,
+        "args": dict(command.args), "source": command.source, "issued_ms": command.issued_ms,
+        "status": command.status, "attempts": command.attempts, "transport": command.transport,
+        "sent_ms": command.sent_ms, "result_ms": command.result_ms, "detail": command.detail,
+    }
+
+
+def _args_text(command: Command) -> str:
+    if command.opcode == "set_time" and not command.args:
+        return "(giờ của cổng / gateway time)"
+    return " ".join(f"{k}={v}" for k, v in sorted(command.args.items())) or "-"
+
+
+def _status_text(status: str) -> str:
+    return f"{status} ({_STATUS_VI[status]})" if status in _STATUS_VI else status
+
+
+def _send_command(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    reader = registry.reader(args.reader_id)
+    if reader.status != "active":
+        raise RegistryError("reader_revoked", f"reader {args.reader_id} is revoked")
+    opcode = _ACTIONS[args.action]
+    values = {name: getattr(args, name) for name in CONFIG_RANGES
+              if getattr(args, name) is not None}
+    options = ", ".join("--" + name.replace("_", "-") for name in CONFIG_RANGES)
+    if opcode == "set_config" and not values:
+        raise CommandError("bad_value", f"set-config needs at least one of {options}")
+    if opcode != "set_config" and values:
+        raise CommandError("bad_value", f"{args.action} takes none of {options}")
+    if args.wait < 0:
+        raise CommandError("bad_value", "--wait must be 0 or more seconds")
+    conn = db.connect(config.database)
+    try:
+        command = reader_commands.issue(conn, args.reader_id, opcode, values, system_clock(),
+                                        "cli")
+        waited = args.wait > 0
+        if waited:
+            deadline = time.monotonic() + args.wait
+            while command.is_open and time.monotonic() < deadline:
+                time.sleep(_WAIT_POLL_S)
+                command = reader_commands.get(conn, command.command_id) or command
+    finally:
+        conn.close()
+    failed = waited and command.status != "ok"
+    if args.json:
+        _print_json(_command_json(command))
+        return 1 if failed else 0
+    print(f"Đã xếp lệnh / command queued: đầu đọc / reader {command.reader_id} “{reader.name}”, "
+          f"#{command.cmd_seq} {command.opcode} {_args_text(command)}")
+    if not waited:
+        print("Cổng đang chạy sẽ gửi lệnh khi đầu đọc trực tuyến / the running gateway sends it "
+              "once the reader is online")
+        print(f"Xem kết quả / see the result: attendance-gateway readers commands --config "
+              f"{args.config} {command.reader_id}")
+        return 0
+    if command.is_open:
+        print(f"Chưa có kết quả sau {args.wait:g} s / no result after {args.wait:g} s: "
+              f"{_status_text(command.status)}", file=sys.stderr)
+    elif failed:
+        detail = f" — {command.detail}" if command.detail else ""
+        print(f"Đầu đọc không thực hiện / not done: {_status_text(command.status)}{detail}",
+              file=sys.stderr)
+    else:
+        print(f"Kết quả / result: {_status_text(command.status)}")
+    return 1 if failed else 0
+
+
+def _list_commands(args: argparse.Namespace, config: GatewayConfig, registry: Registry) -> int:
+    if args.reader_id is not None:
+        registry.reader(args.reader_id)  # unknown_reader
+    if args.limit < 1:
+        raise CommandError("bad_value", "--limit must be at least 1")
+    conn = db.connect(config.database)
+    try:
+        commands = reader_commands.recent(conn, args.reader_id, args.limit)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json([_command_json(c) for c in commands])
+        return 0
+    if not commands:
+        print("Chưa có lệnh nào / no commands yet")
+        return 0
+    rows = [("ĐẦU ĐỌC / READER", "SỐ / SEQ", "LỆNH / COMMAND", "THAM SỐ / ARGS",
+             "NGUỒN / SOURCE", "TRẠNG THÁI / STATUS", "GỬI / SENDS", "LÚC / ISSUED",
+             "GHI CHÚ / DETAIL")]
+    for c in commands:
+        issued = dt.datetime.fromtimestamp(c.issued_ms / 1000, config.timezone)
+        rows.append((str(c.reader_id), str(c.cmd_seq), c.opcode, _args_text(c), c.source,
+                     _status_text(c.status), str(c.attempts),
+                     issued.strftime("%Y-%m-%d %H:%M:%S"), c.detail or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0

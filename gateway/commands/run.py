@@ -7,6 +7,8 @@ ingest (``gateway/ingest.py``, whose writer thread is the database's only writer
   (``gateway/rs485.py``) with the readers the registry puts on that port;
 * the attendance rules (``gateway/rules.py``), called inside each ingest transaction, and their
   absence timer every ``RULES_TIMER_S`` seconds (through the ingest's writer);
+* the delivery of commands to readers (``gateway/reader_commands.py``): what
+  ``attendance-gateway readers command`` queued goes out over MQTT or the reader's bus;
 * the Prometheus endpoint on ``[metrics] listen``.
 
 A reader added, rotated or revoked with ``attendance-gateway readers`` reaches the running gateway
@@ -31,6 +33,7 @@ from gateway.ingest import Ingest
 from gateway.keystore import KeystoreError
 from gateway.logs import setup_logging
 from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.reader_commands import CommandDispatcher
 from gateway.registry import Registry, RegistryError
 from gateway.rs485 import BusMaster
 from gateway.rules import AttendanceRules
@@ -79,6 +82,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
             loop.add_signal_handler(sig, stop.set)
     conn = db.connect(config.database)
     registry_conn = db.connect(config.database, migrate=False)
+    commands_conn = db.connect(config.database, migrate=False)
     server: MetricsServer | None = None
     try:
         registry = Registry.open(registry_conn, config.master_key_file)
@@ -97,8 +101,11 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
         helpers = [asyncio.create_task(_watch_registry(registry, ingest, buses, version, stop))]
         if with_rules:
             helpers.append(asyncio.create_task(_rules_timer(rules, ingest, stop)))
+        service = GatewayService(config, ingest)
+        dispatcher = CommandDispatcher(ingest, mqtt=service, buses=buses,
+                                       read_conn=commands_conn, metrics=metrics)
         try:
-            await asyncio.gather(GatewayService(config, ingest).run(stop),
+            await asyncio.gather(service.run(stop), dispatcher.run(stop),
                                  *(bus.run(stop) for bus in buses))
         finally:
             for task in helpers:
@@ -110,6 +117,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
     finally:
         if server is not None:
             server.close()
+        commands_conn.close()
         registry_conn.close()
         conn.close()
     log.info("stopped")
