@@ -22,13 +22,15 @@ link: it keeps waiting (within its ``ack_timeout_ms * (retries + 1)`` budget), a
 the next CONNACK -- before any new publish can go out -- every unacknowledged publish is re-sent
 with DUP and its original packet id. The window keeps a copy of topic and payload (bounded by the
 window size). Unsupervised, or with a clean session, a lost link fails the waiting publishes.
-Not here: TLS, QoS 2.
+TLS: pass ``ssl`` (an ``SSLContext`` with the school's CA loaded, or ``True``); every socket
+operation stays bounded by the same timeouts. Not here: QoS 2.
 """
 
 import asyncio
 
 from firmware import mqtt_packets as mp
 from firmware.aio import sleep_ms, wait_ms
+from firmware.backoff import Backoff
 from firmware.mqtt_packets import MqttError
 from firmware.ticks import ticks_add, ticks_diff, ticks_ms
 from protocol.compat import const
@@ -43,44 +45,6 @@ if TYPE_CHECKING:
 
 
 E_WINDOW_FULL = const(12)  # a QoS 1 publish while ``max_inflight`` others await their PUBACK
-
-_JITTER_PCT = const(20)
-
-
-class Backoff:
-    """Capped exponential backoff with deterministic jitter, allocation-free per step.
-
-    ``next()`` returns ``base +- 20 %`` (never above ``cap_ms``) and doubles ``base`` up to
-    ``cap_ms``; ``reset()`` goes back to ``first_ms``. The jitter is a 16-bit xorshift (period
-    65535) seeded from ``seed`` (the client id): small ints only, no ``random`` module needed.
-    """
-
-    def __init__(self, seed: "str | bytes", first_ms: int = 500, cap_ms: int = 30000) -> None:
-        h = 0
-        for b in seed.encode() if isinstance(seed, str) else seed:
-            h = (h * 31 + b) & 0xFFFF
-        self._state = h or 0xACE1
-        self.first_ms = first_ms
-        self.cap_ms = cap_ms
-        self.base_ms = first_ms
-
-    def _rand(self) -> int:
-        x = self._state
-        x ^= (x << 7) & 0xFFFF
-        x ^= x >> 9
-        x ^= (x << 8) & 0xFFFF
-        self._state = x
-        return x
-
-    def next(self) -> int:
-        base = self.base_ms
-        pct = 100 - _JITTER_PCT + self._rand() % (2 * _JITTER_PCT + 1)
-        delay = min(base * pct // 100, self.cap_ms)
-        self.base_ms = min(base * 2, self.cap_ms)
-        return delay
-
-    def reset(self) -> None:
-        self.base_ms = self.first_ms
 
 
 class _Waiter:
@@ -115,6 +79,7 @@ class MqttClient:
         max_inflight: int = 1,
         backoff_first_ms: int = 500,
         backoff_cap_ms: int = 30000,
+        ssl: "Any" = None,
     ) -> None:
         self.client_id = client_id
         self.host = host
@@ -133,6 +98,7 @@ class MqttClient:
         self.ack_timeout_ms = ack_timeout_ms
         self.retries = retries
         self.max_inflight = max_inflight
+        self.ssl = ssl  # an ssl.SSLContext (or True) for TLS; None: plain TCP
         self.backoff = Backoff(client_id, backoff_first_ms, backoff_cap_ms)
         # packet id -> (topic, payload, retain) of QoS 1 publishes awaiting PUBACK
         self._inflight: dict[int, tuple[bytes, bytes, bool]] = {}
@@ -167,7 +133,11 @@ class MqttClient:
     # -- socket operations, each with a timeout ----------------------------------------------
 
     async def _open(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        if self.ssl is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        else:
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.ssl)
 
     async def _read_some(self) -> None:
         self._rx = await self._reader.read(512)

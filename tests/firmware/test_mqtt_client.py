@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from firmware import mqtt_packets as mp
-from firmware.mqtt import E_WINDOW_FULL, Backoff, MqttClient
+from firmware.backoff import Backoff
+from firmware.mqtt import E_WINDOW_FULL, MqttClient
 from firmware.mqtt_packets import Decoder, MqttError
 from sim.broker import LOOPBACK, MosquittoBroker, free_port, write_password_file
 from tests.mpvm import MPVM
@@ -462,7 +463,7 @@ def test_backoff_grows_caps_and_is_deterministic() -> None:
 
 
 def test_backoff_on_micropython(mpvm: MPVM) -> None:
-    code = "from firmware.mqtt import Backoff\nb = Backoff('reader-1')\n"
+    code = "from firmware.backoff import Backoff\nb = Backoff('reader-1')\n"
     code += "print([b.next() for _ in range(10)])\n"
     out = mpvm.run(code, timeout=30).strip()
     assert out == "[580, 1020, 1740, 3880, 7920, 15520, 29400, 26400, 28800, 26400]"
@@ -635,3 +636,70 @@ def test_reconnect_and_resend_on_micropython(mpvm: MPVM) -> None:
         "reconnects 1 failures 1 True",
         "stopped",
     ]
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "school test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_tls_when_configured(tmp_path: Path, clients: list[MqttClient]) -> None:
+    """With ``ssl`` the client talks TLS to the broker, verifying the school's CA; a broker it
+    cannot verify is a clean ``MqttError`` within the connect timeout, not a hang."""
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path / "tls")
+    lines = [f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
+    with MosquittoBroker(tmp_path / "m", extra_lines=lines) as b:
+        trusted = ssl.create_default_context(cafile=str(ca))
+        c, got, event = make(clients, b.port, "reader-7", ssl=trusted)
+        await c.connect()
+        assert await c.subscribe("att/v1/s/7/down/#", 1) == 1
+        await c.publish("att/v1/s/7/down/ack", b"over tls", qos=1)
+        await wait_for(event)
+        assert got == [("att/v1/s/7/down/ack", b"over tls", False, False)]
+        await c.disconnect()
+
+        plain, _, _ = make(clients, b.port, "reader-8")  # no TLS against a TLS listener
+        with pytest.raises(MqttError):
+            await plain.connect()
+        untrusted, _, _ = make(clients, b.port, "reader-9", ssl=ssl.create_default_context())
+        started = time.monotonic()
+        with pytest.raises(MqttError) as info:
+            await untrusted.connect()
+        assert info.value.code == mp.E_NETWORK and "CERTIFICATE_VERIFY_FAILED" in info.value.detail
+        assert time.monotonic() - started < 2.5
