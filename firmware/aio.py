@@ -31,7 +31,11 @@ else:
             if _NATIVE:
                 await asyncio.wait_for_ms(awaitable, ms)
             else:
-                await asyncio.wait_for(awaitable, ms / 1000)
+                # not wait_for: CPython 3.11's returns normally when a cancellation comes just as
+                # the awaitable completes, and the cancelled task runs on (a reader stopped by
+                # the simulator kept its link alive beside its successor)
+                async with asyncio.timeout(ms / 1000):
+                    await awaitable
         except asyncio.TimeoutError:
             return False
         return True

@@ -1,7 +1,8 @@
 """The reader application: asyncio tasks around the tap path, fed to a watchdog only when healthy.
 
 Tasks: ``_poll`` (card driver -> tap path, every ``poll_ms``), ``_flush`` (RAM ring -> flash),
-the feedback player, ``_heartbeat`` (status for the link) and ``_watchdog``, which feeds the
+the feedback player, ``_heartbeat`` (status for the link), the link's own task
+(``firmware/mqtt_link.py`` or ``firmware/bus_link.py``) and ``_watchdog``, which feeds the
 hardware watchdog only while the poll and flush tasks have both made progress recently — a hung
 driver, a stuck flash write or a dead event loop resets the reader instead of leaving a gate
 without a working reader.
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
         rssi_dbm: int
 
         def send_status(self, heartbeat: bytes) -> None: ...
+
+        async def run(self) -> None: ...
 
 
 def _free_heap() -> int:
@@ -126,9 +129,11 @@ class ReaderApp:
 
     async def run(self) -> None:
         """Run every task; if one fails, stop them all so the watchdog resets the reader."""
-        tasks = [asyncio.create_task(c) for c in (self._poll(), self._flush(),
-                                                  self.feedback.run(), self._watchdog(),
-                                                  self._heartbeat())]
+        coros = [self._poll(), self._flush(), self.feedback.run(), self._watchdog(),
+                 self._heartbeat()]
+        if self.link is not None:
+            coros.append(self.link.run())
+        tasks = [asyncio.create_task(c) for c in coros]
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -15,6 +15,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from firmware.app import CardReader
     from firmware.board import Profile
+    from firmware.clock import Clock
+    from firmware.config import ReaderConfig
+    from firmware.net import NetLink
 
 WATCHDOG_MS = 8000
 
@@ -56,3 +59,47 @@ def set_rtc(unix_s: int) -> None:
     offset = 946684800 if time.gmtime(0)[0] == 2000 else 0
     year, month, day, hour, minute, second, weekday, _ = time.gmtime(unix_s - offset)
     machine.RTC().datetime((year, month, day, weekday, hour, minute, second, 0))
+
+
+def reboot() -> None:
+    """The gateway's authenticated ``reboot`` command, once its result has been sent."""
+    machine.reset()
+
+
+def build_bus(profile: "Profile") -> "tuple[machine.UART, machine.Pin]":
+    """The RS-485 transceiver from the profile's ``rs485`` table: ``(uart, de_pin)``.
+
+    DE starts low (receiving) so a booting reader never holds the bus. ``timeout=0``: reads
+    return at once with what is there (``firmware.bus_link`` polls). The 4 KiB receive ring holds
+    what arrives while the event loop is blocked (a flash write, our own transmission).
+    """
+    spec = profile["rs485"]
+    de = machine.Pin(spec["de"], machine.Pin.OUT, value=0)
+    uart = machine.UART(
+        spec["uart"],
+        baudrate=spec["baudrate"],
+        tx=spec["tx"],
+        rx=spec["rx"],
+        rxbuf=4096,
+        timeout=0,
+    )
+    return uart, de
+
+
+def build_network(profile: "Profile", config: "ReaderConfig", clock: "Clock") -> "NetLink | None":
+    """The reader's IP link (``firmware/net.py``) from its board profile and ``config.network``:
+    a Wi-Fi station or LAN8720 Ethernet; None when the board's link is the RS-485 bus. A bad
+    ``network`` table raises ``ConfigError`` naming the key."""
+    import network
+
+    from firmware.net import EthernetLink, WifiLink, parse_network
+
+    spec = profile["network"]
+    kind = spec["type"]
+    settings = parse_network(config.network, kind)
+    seed = "reader-" + str(config.reader_id)  # readers restarted together spread their retries
+    if kind == "wifi":
+        return WifiLink(network, settings, clock, seed)
+    if kind == "ethernet":
+        return EthernetLink(network, machine.Pin, spec, settings, clock, seed)
+    return None

@@ -9,6 +9,8 @@ from protocol import codec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from asyncio import Event
+
     from firmware.clock import Clock
     from firmware.debounce import Debouncer
     from firmware.feedback import Feedback
@@ -23,6 +25,7 @@ class TapRecorder:
         self.boot = boot
         self.seq = 0
         self.online = False  # set by the link: decides "accepted" or "accepted, queued"
+        self.wake: Event | None = None  # set by the link: woken when a record is queued
         self._signer = signer
         self._queue = queue
         self._clock = clock
@@ -43,4 +46,6 @@ class TapRecorder:
             time_s, time_ms, self._clock.uptime_ms())
         self._queue.append(self._view[:size])
         self._feedback.signal(feedback.ACCEPTED if self.online else feedback.ACCEPTED_QUEUED)
+        if self.wake is not None:
+            self.wake.set()
         return True

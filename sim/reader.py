@@ -1,8 +1,9 @@
-"""A reader without hardware: virtual taps, signed with the runtime-neutral protocol code.
+"""A protocol-level reader stand-in: virtual taps signed with the runtime-neutral protocol code.
 
-It publishes each tap as a one-record batch on its own topic, as a live reader does. It keeps no
-flash queue and waits for no ack: the firmware (firmware/) owns those, and replaces this stand-in
-in the simulator once the reader link exists.
+It publishes each tap as a one-record batch on its own topic and keeps no flash queue. The
+simulator's readers run the real firmware (``sim/firmware_reader.py``); this lighter stand-in
+remains for the gateway's load benchmark (thousands of publishes per second from one process)
+and for forging traffic in tests and the demo (a device with a password but the wrong key).
 """
 
 from __future__ import annotations

@@ -17,17 +17,21 @@ from sim.broker import MosquittoBroker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_shows_signed_records_stored_and_acknowledged_by_the_gateway() -> None:
+def test_demo_runs_firmware_readers_whose_records_are_stored_and_acknowledged() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "sim.demo", "--readers", "2", "--duration", "3", "--rate", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     stored = re.findall(r"reader (\d+) .* stored", out.stdout)
     assert set(stored) == {"100", "101"}
-    summary = re.search(r"(\d+) lượt quẹt / taps published, (\d+) đã lưu / stored, (\d+) xác "
-                        r"nhận / acks, 1 lô giả mạo bị từ chối / forged batch rejected", out.stdout)
+    summary = re.search(r"(\d+) bản ghi đầu đọc đã tạo / records the readers made, (\d+) đã lưu "
+                        r"/ stored, (\d+) xác nhận / acks, 0 còn trong hàng đợi / left in reader "
+                        r"queues, 1 lô giả mạo bị từ chối / forged batch rejected", out.stdout)
     assert summary is not None, out.stdout
-    assert summary[1] == summary[2] == summary[3] == str(len(stored))
+    # every record the firmware made is stored, and printed as it is stored; acks cover
+    # batches (a batch can hold several records), so there is at least one per reader
+    assert summary[1] == summary[2] == str(len(stored))
+    assert 2 <= int(summary[3]) <= int(summary[2])
 
 
 def test_gateway_command_reports_a_bad_config(tmp_path: Path) -> None:

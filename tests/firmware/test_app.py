@@ -18,6 +18,8 @@ from firmware.main import boot
 from firmware.ticks import ticks_add, ticks_ms
 from protocol import construct_codec
 from protocol.codec import BatchWriter
+from sim.broker import free_port
+from sim.hardware import LoopbackNetwork
 from tests.firmware.emulators.mfrc522 import MFRC522Emulator, Picc
 
 BOARDS = Path(__file__).resolve().parents[2] / "hardware" / "boards"
@@ -69,12 +71,21 @@ class EmulatedHardware:
     def set_rtc(self, unix_s: int) -> None:
         self.rtc.append(unix_s)
 
+    def build_network(self, profile: dict[str, Any], config: Any, clock: Any) -> LoopbackNetwork:
+        network = LoopbackNetwork(clock, ntp=False)
+        network.up = False
+        return network
+
+    def reboot(self) -> None:
+        raise AssertionError("nothing here asks the reader to reboot")
+
 
 def _provision(root: Path, **overrides: Any) -> None:
     (root / "boards").mkdir(parents=True)
     shutil.copy(BOARDS / "esp32-devkitc-mfrc522.json", root / "boards")
     config = {"reader_id": 42, "school": "thcs-1", "gate": "main",
-              "board": "esp32-devkitc-mfrc522", "debounce_ms": 1500, **overrides}
+              "board": "esp32-devkitc-mfrc522", "debounce_ms": 1500,
+              "network": {"broker": "127.0.0.1", "port": free_port()}, **overrides}
     (root / "config.json").write_text(json.dumps(config))
     (root / "key.bin").write_bytes(KEY)
 
