@@ -575,10 +575,8 @@ class Ingest:
 
     @staticmethod
     def _ack(vb: VerifiedBatch, verdicts: dict[int, str]) -> bytes:
-        fields = {"reader_id": vb.reader_id, "boot": vb.boot, "first_seq": vb.first_seq,
-                  "last_seq": vb.last_seq,
-                  "verdicts": [{"seq": s, "verdict": v} for s, v in sorted(verdicts.items())]}
-        return construct_codec.encode("ack", fields, vb.key.key)
+        return construct_codec.ack_for_batch(vb.reader_id, vb.boot, vb.first_seq, vb.last_seq,
+                                             verdicts, vb.key.key)
 
     def _batch_clock(self, vb: VerifiedBatch, boot: timing.BootTime, now_ms: int) -> None:
         """Clock health from the batch's synced records, for the reader's current boot only."""

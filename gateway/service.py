@@ -61,7 +61,14 @@ class _Session(aiomqtt.Client):
     def __init__(self, service: GatewayService, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._service = service
-        self._client.manual_ack_set(True)
+        client = self._client
+        client.manual_ack_set(True)
+        # Per message, paho would otherwise log each packet at debug level and build PUBACK
+        # properties for aiomqtt's awaited publish, which the service does not use (acks are
+        # confirmed through their MQTTMessageInfo), and hold acks back behind 20 in flight.
+        client.disable_logger()
+        client.on_publish = None
+        client.max_inflight_messages_set(0)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._service._on_message(self, message)

@@ -9,8 +9,8 @@ made by the functions that drive the declarations, which then parse only input w
 MAC are known to be good.
 
 Public API: :func:`decode`, :func:`encode`, and for the gateway's ingest :func:`split_batch`,
-:func:`verify_mac`, :func:`compute_mac`, :func:`cobs_encode`, :func:`cobs_decode`,
-:func:`crc16_ibm3740`.
+:func:`ack_for_batch`, :func:`verify_mac`, :func:`compute_mac`, :func:`cobs_encode`,
+:func:`cobs_decode`, :func:`crc16_ibm3740`.
 
 Hot path: a record is parsed by a compiled declaration (``Construct.compile``) whose adapters keep
 their sub-fields compiled; the batch walk (§4.1 steps 2-3) uses the interpreted declaration because
@@ -42,6 +42,7 @@ else:
 __all__ = [
     "KINDS",
     "BatchHeader",
+    "ack_for_batch",
     "cobs_decode",
     "cobs_encode",
     "compute_mac",
@@ -971,6 +972,33 @@ def _walk_records(data: bytes) -> list[bytes] | None:
         records.append(data[pos + 1 : pos + 1 + size])
         pos += 1 + size
     return records if pos == end else None
+
+
+_ACK_HEAD = struct.Struct(">BBIIIIB")
+_ACK_VERDICT = struct.Struct(">IB")
+
+
+def ack_for_batch(reader_id: int, boot: int, first_seq: int, last_seq: int,
+                  verdicts: Mapping[int, str], key: bytes) -> bytes:
+    """The signed ack of a batch ``split_batch`` accepted, with ``{seq: verdict}`` (§5).
+
+    The ingest's hot path: ``struct`` and one HMAC instead of building ``ACK`` (about ten times
+    faster). The identity and range come from a header ``split_batch`` checked; the verdicts are
+    checked here with the declaration's rules, and the tests compare both builders byte for byte.
+    """
+    if len(verdicts) > ACK_MAX_VERDICTS:
+        raise _fail("bad_count", f"{len(verdicts)} verdicts, at most {ACK_MAX_VERDICTS}")
+    out = bytearray(_ACK_HEAD.pack(VERSION, T_ACK, reader_id, boot, first_seq, last_seq,
+                                   len(verdicts)))
+    for seq in sorted(verdicts):
+        code = _VERDICT_CODES.get(verdicts[seq])
+        if code is None:
+            raise _fail("bad_field", f"unknown verdict {verdicts[seq]!r}")
+        if not first_seq <= seq <= last_seq:
+            raise _fail("bad_sequence", f"verdict seq {seq} outside {first_seq}..{last_seq}")
+        out += _ACK_VERDICT.pack(seq, code)
+    out += hmac.digest(_key(key, "ack"), out, hashlib.sha256)[:MAC_LEN]
+    return bytes(out)
 
 
 def _check_sequence(seqs: Sequence[int], first_seq: int, last_seq: int) -> None:

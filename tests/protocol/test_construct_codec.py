@@ -486,6 +486,25 @@ def test_ack_encoder_validates() -> None:
 # --- heartbeat (§6) ------------------------------------------------------------------------------
 
 
+def test_fast_ack_builder_matches_the_declaration() -> None:
+    """``ack_for_batch`` (the ingest's hot path) builds exactly what ``encode('ack')`` builds."""
+    rng = random.Random(5)
+    names = list(cc.VERDICTS.values())
+    for _ in range(300):
+        first = rng.randint(1, 2**32 - 70)
+        last = first + rng.randint(0, 63)
+        seqs = rng.sample(range(first, last + 1), rng.randint(0, min(8, last - first + 1)))
+        verdicts = {seq: rng.choice(names) for seq in seqs}
+        ident = (rng.randint(1, 0xFFFFFFFE), rng.randint(1, 2**32 - 1), first, last)
+        fields = {"reader_id": ident[0], "boot": ident[1], "first_seq": first, "last_seq": last,
+                  "verdicts": [{"seq": s, "verdict": v} for s, v in sorted(verdicts.items())]}
+        assert cc.ack_for_batch(*ident, verdicts, K) == cc.encode("ack", fields, K)
+    assert code_of(lambda: cc.ack_for_batch(1, 1, 5, 6, {7: "bad_mac"}, K)) == "bad_sequence"
+    assert code_of(lambda: cc.ack_for_batch(1, 1, 5, 6, {5: "lost"}, K)) == "bad_field"
+    many = {s: "bad_mac" for s in range(1, 66)}
+    assert code_of(lambda: cc.ack_for_batch(1, 1, 1, 65, many, K)) == "bad_count"
+
+
 def test_heartbeat_offsets_and_round_trip() -> None:
     data = heartbeat(state=2, faults=0b101, link=3, rssi=-128, flags=0)
     assert len(data) == 66
