@@ -16,7 +16,6 @@ from firmware.config import check_key, parse_config
 from firmware.fs import FS, join
 from firmware.queue import RecordQueue
 from firmware.uplink import Uplink
-from protocol import frame
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,6 +67,7 @@ def _build_link(app: ReaderApp, commands: CommandHandler, profile: "Any", hardwa
     """RS-485 when the board's network is the bus, else MQTT over Wi-Fi or Ethernet."""
     if profile["network"]["type"] == "rs485":
         from firmware.bus_link import BusLink
+        from protocol import frame
 
         uart, de = hardware.build_bus(profile)
         return BusLink(Uplink(app, commands, frame.MAX_PAYLOAD), uart, de,

@@ -20,8 +20,9 @@ stop-and-wait) await their PUBACK; one more raises ``MqttError(E_WINDOW_FULL)`` 
 ``run`` supervises a persistent session (clean session off), a QoS 1 ``publish`` survives a lost
 link: it keeps waiting (within its ``ack_timeout_ms * (retries + 1)`` budget), and right after
 the next CONNACK -- before any new publish can go out -- every unacknowledged publish is re-sent
-with DUP and its original packet id. The window keeps a copy of topic and payload (bounded by the
-window size). Unsupervised, or with a clean session, a lost link fails the waiting publishes.
+with DUP and its original packet id. The window refers to the caller's payload (no copy): it must
+stay unchanged until ``publish`` returns, which the uplink's stop-and-wait guarantees.
+Unsupervised, or with a clean session, a lost link fails the waiting publishes.
 TLS: pass ``ssl`` (an ``SSLContext`` with the school's CA loaded, or ``True``); every socket
 operation stays bounded by the same timeouts. Not here: QoS 2.
 """
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    Buffer = bytes | bytearray | memoryview
     # (topic, payload, retain, dup)
     MessageCallback = Callable[[str, bytes, bool, bool], None]
 
@@ -76,6 +78,7 @@ class MqttClient:
         ack_timeout_ms: int = 5000,
         retries: int = 3,
         max_packet: int = 1024,
+        max_publish: int = 0,  # largest outgoing PUBLISH (default: max_packet)
         max_inflight: int = 1,
         backoff_first_ms: int = 500,
         backoff_cap_ms: int = 30000,
@@ -100,14 +103,15 @@ class MqttClient:
         self.max_inflight = max_inflight
         self.ssl = ssl  # an ssl.SSLContext (or True) for TLS; None: plain TCP
         self.backoff = Backoff(client_id, backoff_first_ms, backoff_cap_ms)
-        # packet id -> (topic, payload, retain) of QoS 1 publishes awaiting PUBACK
-        self._inflight: dict[int, tuple[bytes, bytes, bool]] = {}
+        # packet id -> (topic, payload, retain) of QoS 1 publishes awaiting PUBACK; the payload
+        # is the caller's (no copy): it must stay unchanged until ``publish`` returns
+        self._inflight: dict[int, tuple[bytes, Buffer, bool]] = {}
         self._running = False
         self._down = asyncio.Event()  # set while the link is lost (wakes ``run``)
         self._up = asyncio.Event()  # set while connected
         self._stop = asyncio.Event()  # cuts ``run``'s backoff sleep short
         self._decoder = mp.Decoder(max_packet)
-        self._txbuf = bytearray(max_packet)
+        self._txbuf = bytearray(max_publish or max_packet)
         self._ackbuf = bytearray(4)
         self._reader: Any = None
         self._writer: Any = None
@@ -411,7 +415,7 @@ class MqttClient:
         pid = self._new_pid()
         w = _Waiter()
         self._waiters[pid] = w
-        self._inflight[pid] = (t, bytes(payload), retain)
+        self._inflight[pid] = (t, payload, retain)
         try:
             for attempt in range(self.retries + 1):
                 # while the link is down the resend after the reconnect stands in for this one

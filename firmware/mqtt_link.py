@@ -35,8 +35,10 @@ if TYPE_CHECKING:
         async def run(self) -> None: ...
 
 
-# a batch of 4096 bytes, its topic (at most 66 bytes), packet id and fixed header
-_MAX_PACKET = const(4176)
+# out: a batch of 4096 bytes, its topic (at most 66 bytes), packet id and fixed header;
+# in: an ack with 64 verdicts (355 bytes) or a command (at most 96) on its topic
+_MAX_PUBLISH = const(4176)
+_MAX_PACKET = const(512)
 _IDLE_MS = const(1000)
 _NET_POLL_MS = const(250)
 
@@ -62,7 +64,7 @@ class MqttLink:
             "reader-" + str(reader_id), host, port, username=str(reader_id), password=password,
             keepalive=keepalive, clean_session=False, will_topic=self._status_topic.decode(),
             will_payload=app.heartbeat("offline"), on_message=self._on_message,
-            max_packet=_MAX_PACKET, ssl=ssl, **client_options)
+            max_packet=_MAX_PACKET, max_publish=_MAX_PUBLISH, ssl=ssl, **client_options)
         self._epoch = -1
         self._subscribed = False  # SUBACK seen since the broker last started a new session
         self._sent_at = 0
