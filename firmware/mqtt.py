@@ -73,6 +73,7 @@ class MqttClient:
         will_qos: int = 1,
         will_retain: bool = True,
         on_message: "MessageCallback | None" = None,
+        on_connect: "Callable[[], None] | None" = None,
         connect_timeout_ms: int = 5000,
         io_timeout_ms: int = 5000,
         ack_timeout_ms: int = 5000,
@@ -96,6 +97,7 @@ class MqttClient:
         self.will_qos = will_qos
         self.will_retain = will_retain
         self.on_message = on_message
+        self.on_connect = on_connect  # called after each CONNACK (and the resends)
         self.connect_timeout_ms = connect_timeout_ms
         self.io_timeout_ms = io_timeout_ms
         self.ack_timeout_ms = ack_timeout_ms
@@ -131,6 +133,7 @@ class MqttClient:
         self.pings_sent = 0
         self.pongs = 0
         self.retransmits = 0
+        self.connects = 0  # successful connects (each one a new connection)
         self.reconnects = 0  # successful connects by ``run`` after the first
         self.connect_failures = 0
 
@@ -203,12 +206,15 @@ class MqttClient:
             self.error = exc
             raise
         self.connected = True
+        self.connects += 1
         self._down.clear()
         self._up.set()
         self._ping_pending = False
         self._tasks = [asyncio.create_task(self._rx_loop())]
         if self.keepalive:
             self._tasks.append(asyncio.create_task(self._ping_loop()))
+        if self.on_connect is not None:
+            self.on_connect()
         return self.session_present
 
     async def _await_connack(self) -> None:

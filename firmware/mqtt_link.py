@@ -64,6 +64,7 @@ class MqttLink:
             "reader-" + str(reader_id), host, port, username=str(reader_id), password=password,
             keepalive=keepalive, clean_session=False, will_topic=self._status_topic.decode(),
             will_payload=app.heartbeat("offline"), on_message=self._on_message,
+            on_connect=uplink.wake.set,
             max_packet=_MAX_PACKET, max_publish=_MAX_PUBLISH, ssl=ssl, **client_options)
         self._epoch = -1
         self._subscribed = False  # SUBACK seen since the broker last started a new session
@@ -127,7 +128,7 @@ class MqttLink:
     async def _connected(self) -> None:
         """Once per connection: subscribe (unless the session kept it), status, resend."""
         client = self.client
-        if client.reconnects == self._epoch:
+        if client.connects == self._epoch:
             return
         if not (client.session_present and self._subscribed):
             # "session present" alone is not enough: the broker keeps a session from CONNECT
@@ -135,7 +136,7 @@ class MqttLink:
             self._subscribed = False
             await client.subscribe(self._filter, 1)
             self._subscribed = True
-        self._epoch = client.reconnects
+        self._epoch = client.connects
         self.uplink.link_up()
         self.uplink.status = self.app.heartbeat()
         self._sent = False

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -607,11 +608,18 @@ class Ingest:
             return self._reject_message(job, eff, BatchRejected(
                 "unknown_reader", f"reader {reader_id} has keys but is not registered"))
         status = self._status(reader_id)
-        if status is not None and (boot_no, uptime) <= (status.boot, status.uptime_s):
+        # A reader that reconnects within the uptime second of its last heartbeat sends the same
+        # (boot, uptime) again, after its last will marked it offline: that one is news.
+        back_online = (status is not None and status.state == "offline"
+                       and (boot_no, uptime) == (status.boot, status.uptime_s)
+                       and hb["state"] != "offline" and not job.retained)
+        if status is not None and (boot_no, uptime) <= (status.boot, status.uptime_s) \
+                and not back_online:
             # Older than what is stored: a replay, or the last will registered at connect time.
             if hb["state"] == "offline" and boot_no == status.boot:
                 conn.execute("UPDATE reader_status SET state = 'offline' WHERE reader_id = ?",
                              (reader_id,))
+                self._statuses[reader_id] = dataclasses.replace(status, state="offline")
                 eff.offline = reader_id
             eff.heartbeat = True
             return eff
@@ -649,7 +657,7 @@ class Ingest:
              uptime, hb["free_heap"], hb["queue_depth"], hb["oldest_unsent_age_s"],
              hb["dropped"], hb["last_ack_boot"], hb["last_ack_seq"], clock.offset_ms,
              clock.health, clock.baseline_ms, clock.event_ms))
-        self._statuses[reader_id] = _Status(boot_no, uptime, clock, clock.offset_ms)
+        self._statuses[reader_id] = _Status(boot_no, uptime, clock, clock.offset_ms, hb["state"])
         if not job.retained:  # a bus reader without NTP gets the gateway's time
             eff.command = reader_commands.auto_set_time(
                 conn, reader_id, hb["clock_synced"], hb["time_s"], job.received_ms,
@@ -776,10 +784,11 @@ class Ingest:
         if reader_id not in self._statuses:
             row = self._conn.execute(
                 "SELECT boot, uptime_s, clock_health, clock_offset_ms, clock_baseline_ms, "
-                "clock_event_ms FROM reader_status WHERE reader_id = ?", (reader_id,)).fetchone()
+                "clock_event_ms, state FROM reader_status WHERE reader_id = ?",
+                (reader_id,)).fetchone()
             self._statuses[reader_id] = None if row is None else _Status(
                 int(row[0]), int(row[1]),
-                timing.ClockState(int(row[0]), row[2], row[3], row[4], row[5]), row[3])
+                timing.ClockState(int(row[0]), row[2], row[3], row[4], row[5]), row[3], row[6])
         return self._statuses[reader_id]
 
     def _save_clock(self, reader_id: int, status: _Status, state: timing.ClockState) -> None:
@@ -796,7 +805,8 @@ class Ingest:
                 (state.health, state.offset_ms, state.baseline_ms, state.event_ms, reader_id,
                  state.boot))
             written = state.offset_ms
-        self._statuses[reader_id] = _Status(status.boot, status.uptime_s, state, written)
+        self._statuses[reader_id] = dataclasses.replace(status, clock=state,
+                                                        written_offset_ms=written)
 
     def _load_seen(self) -> dict[int, ReaderSeen]:
         try:
@@ -830,6 +840,7 @@ class _Status:
     uptime_s: int
     clock: timing.ClockState
     written_offset_ms: int | None  # the clock_offset_ms in the table
+    state: str = "online"
 
 
 class _RulesError(Exception):

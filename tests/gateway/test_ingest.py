@@ -393,6 +393,22 @@ async def test_heartbeats_keep_reader_status_and_clock_health(
     assert ingest.metrics.heartbeats._value.get() == 6
 
 
+async def test_a_reconnect_within_the_same_uptime_second_is_online_again(
+        ingest: Ingest, conn: sqlite3.Connection) -> None:
+    status = "SELECT state, uptime_s FROM reader_status"
+    await ingest.heartbeat(17, heartbeat(uptime_s=100), "t")
+    await ingest.heartbeat(17, heartbeat(uptime_s=0, state="offline"), "t")  # the last will
+    assert rows(conn, status) == [("offline", 100)]
+    # the retained copy of the old status (a new gateway session) is no news
+    await ingest.heartbeat(17, heartbeat(uptime_s=100), "t", retained=True)
+    assert rows(conn, status) == [("offline", 100)]
+    # the reader reconnected within second 100 of its uptime: its status on connect counts
+    await ingest.heartbeat(17, heartbeat(uptime_s=100), "t")
+    assert rows(conn, status) == [("online", 100)]
+    await ingest.heartbeat(17, heartbeat(uptime_s=100), "t")  # now a plain repeat
+    assert rows(conn, status) == [("online", 100)]
+
+
 async def test_a_retained_heartbeat_does_not_anchor_time(ingest: Ingest,
                                                          conn: sqlite3.Connection) -> None:
     await ingest.heartbeat(17, heartbeat(synced=False, uptime_s=100), "t", retained=True)
