@@ -108,15 +108,15 @@ class FirmwareReader:
             self.crashed = exc
 
     async def stop(self, flush: bool = True) -> None:
-        """Power off. ``flush=False`` is a power cut: records still in RAM are lost."""
+        """Power off (nothing to do when off). ``flush=False`` is a power cut: records still in
+        RAM are lost."""
         app, task = self.app, self._task
         if task is None:
-            return  # already off: its records are counted once
+            return  # already off: its records are counted once in ``made()``
         self._task = None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         if app is not None:
             self._earlier.append((app.boot, app.taps.seq))
             if flush:

@@ -12,11 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,52 +20,13 @@ import pytest
 from gateway import db
 from gateway.registry import Registry
 from sim.broker import MosquittoBroker
+from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.mqtt_reader import AckingReader, batch_range, batch_records
 
-ROOT = Path(__file__).resolve().parents[2]
 SCHOOL = "crash-school"
 READERS = range(1, 7)
 BATCHES = 40
 CARDS = [(2, bytes.fromhex("04a1b2c3")), (1, bytes.fromhex("0f002c8a91"))]
-
-
-class GatewayProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        self.starts += 1
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[offset:]
-            if b'"event": "connected"' in text:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"gateway did not connect:\n{self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(5)
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    def ensure_dead(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 def stored(db_path: Path) -> dict[tuple[int, int, int], bytes]:
