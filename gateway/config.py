@@ -16,7 +16,7 @@ keepalive_s = 30
 
 [ingest]
 group_commit_ms = 5        # batches arriving within this window share one durable commit
-group_commit_max = 512     # ... up to this many records
+group_commit_max = 4096    # ... up to this many records
 repeat_window_s = 120      # repeated taps of one card at one gate within this make one event
 
 [[rs485]]                  # one table per bus; readers on it are registered with their address
@@ -80,7 +80,7 @@ class MqttConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     group_commit_ms: int = 5
-    group_commit_max: int = 512
+    group_commit_max: int = 4096
     repeat_window_s: int = 120
 
 
@@ -294,7 +294,7 @@ def load_config(path: Path) -> GatewayConfig:
         mqtt=_mqtt(root.table("mqtt")),
         ingest=IngestConfig(
             group_commit_ms=ingest.integer("group_commit_ms", 5, 0, 1000),
-            group_commit_max=ingest.integer("group_commit_max", 512, 1, 100_000),
+            group_commit_max=ingest.integer("group_commit_max", 4096, 1, 100_000),
             repeat_window_s=ingest.integer("repeat_window_s", 120, 0, 86_400),
         ),
         rs485=tuple(buses),

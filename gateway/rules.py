@@ -31,6 +31,7 @@ ChangeKind = Literal["created", "revised", "voided"]
 STUDENT_KINDS: tuple[EventKind, ...] = ("check_in", "late", "check_out")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
+_CARD_CACHE_MAX = 50_000  # card -> student lookups kept (a big school has a few thousand cards)
 
 
 def event_key(kind: str, subject: str, school_date: dt.date | str, session: str) -> str:
@@ -251,6 +252,8 @@ class AttendanceRules:
         self._hold_ms = absent_hold_s * 1000
         self._started_ms = clock()
         self._listeners = tuple(listeners)
+        self._cards: dict[str, str | None] = {}
+        self._roster_version = -1
 
     # --- scans -------------------------------------------------------------------------------
 
@@ -294,7 +297,7 @@ class AttendanceRules:
                           set[tuple[str, dt.date, SessionWindow]]]:
         """Record each new scan in attendance_taps; return the student and unknown-card
         sessions to recompute."""
-        known: dict[str, str | None] = {}
+        known = self._known_cards(conn)
         students: set[tuple[str, dt.date, SessionWindow]] = set()
         cards: set[tuple[str, dt.date, SessionWindow]] = set()
         for scan in scans:
@@ -318,6 +321,15 @@ class AttendanceRules:
             else:
                 students.add((student_id, day, window))
         return students, cards
+
+    def _known_cards(self, conn: sqlite3.Connection) -> dict[str, str | None]:
+        """Card -> student lookups kept across calls while the roster's card numbers are
+        unchanged (``roster_version``, moved by triggers whoever changes them)."""
+        version = int(conn.execute("SELECT version FROM roster_version").fetchone()[0])
+        if version != self._roster_version or len(self._cards) > _CARD_CACHE_MAX:
+            self._cards = {}
+            self._roster_version = version
+        return self._cards
 
     def _taps(self, conn: sqlite3.Connection, where: str, args: tuple[str, ...]) -> list[Tap]:
         rows = conn.execute(

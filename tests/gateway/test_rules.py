@@ -233,6 +233,29 @@ def test_unknown_card_is_recorded_with_one_event_per_session(school: SchoolDb,
     assert tuple(morning) == (None, 1, "B")  # revised to the earlier tap, same key
 
 
+def test_card_lookups_are_kept_until_the_roster_changes(tmp_path: Path,
+                                                          clock: FakeClock) -> None:
+    """The rules remember card -> student across groups; a roster change made on another
+    connection (the CLI's import, in another process) is seen at the next group."""
+    school = SchoolDb(tmp_path / "gateway.db")
+    rules = make_rules(clock)
+    try:
+        tap(school, rules, 1, UNKNOWN, "07:05")
+        operator = connect(tmp_path / "gateway.db")
+        number = UNKNOWN.split(":")[1]
+        operator.execute("INSERT INTO card_numbers VALUES (?, 'S3', 'operator', 0)", (number,))
+        operator.close()
+        tap(school, rules, 1, UNKNOWN, "13:10")  # now S3's card
+        kinds = {(kind, who) for kind, who, *_ in school.events()}
+        assert kinds == {("unknown_card", UNKNOWN), ("check_in", "S3")}
+        school.conn.execute("DELETE FROM card_numbers WHERE number = ?", (number,))
+        tap(school, rules, 2, UNKNOWN, "13:40", day=MONDAY + dt.timedelta(days=1))
+        assert ("unknown_card", UNKNOWN) in {(k, w) for k, w, d, *_ in school.events()
+                                             if d == "2026-09-08"}
+    finally:
+        school.conn.close()
+
+
 @pytest.mark.parametrize("day", [HOLIDAY, SUNDAY], ids=["holiday", "sunday"])
 def test_no_events_on_a_holiday_or_a_day_without_school(school: SchoolDb, clock: FakeClock,
                                                         day: dt.date) -> None:
