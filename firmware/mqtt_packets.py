@@ -9,6 +9,7 @@ fixed header (``E_OVERSIZE``), before anything is allocated for it. Every malfor
 the connection must be closed.
 """
 
+from firmware.errors import CodedError
 from protocol.compat import const
 
 TYPE_CHECKING = False
@@ -69,17 +70,10 @@ PINGRESP_PACKET = b"\xd0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
 
-class MqttError(Exception):
+class MqttError(CodedError):
     """A protocol or link error: ``code`` is one of ``E_*``, ``detail`` says what exactly."""
 
-    def __init__(self, code: int, detail: str = "") -> None:
-        super().__init__(code, detail)
-        self.code = code
-        self.detail = detail
-
-    def __str__(self) -> str:
-        name = ERROR_NAMES[self.code] if 0 < self.code < len(ERROR_NAMES) else str(self.code)
-        return name + ": " + self.detail if self.detail else name
+    NAMES = ERROR_NAMES
 
 
 # -- remaining length ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import struct
 
 from firmware.aio import sleep_ms
 from firmware.backoff import Backoff
+from firmware.errors import CodedError
 from firmware.ticks import ticks_add, ticks_diff, ticks_ms, ticks_us
 from protocol.compat import const
 
@@ -67,17 +68,10 @@ ERROR_NAMES = (
 _UNRELATED = E_ORIGIN  # codes up to here: not an answer to us, keep listening
 
 
-class SntpError(Exception):
+class SntpError(CodedError):
     """A refused reply or a failed exchange: ``code`` is one of ``E_*``."""
 
-    def __init__(self, code: int, detail: str = "") -> None:
-        super().__init__(code, detail)
-        self.code = code
-        self.detail = detail
-
-    def __str__(self) -> str:
-        name = ERROR_NAMES[self.code] if 0 < self.code < len(ERROR_NAMES) else str(self.code)
-        return name + ": " + self.detail if self.detail else name
+    NAMES = ERROR_NAMES
 
 
 # -- packets --------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -94,3 +96,25 @@ def _statements(sql: str) -> list[str]:
     if pending.strip():
         raise DatabaseError(f"unterminated statement in migration: {pending[:60]!r}")
     return statements
+
+
+@contextmanager
+def atomic(conn: sqlite3.Connection, name: str = "gateway_atomic") -> Iterator[None]:
+    """All or nothing: a savepoint inside the caller's transaction, or a transaction of its own."""
+    if conn.in_transaction:
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+    else:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

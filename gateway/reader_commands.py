@@ -46,10 +46,11 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeVar, cast
 
+from gateway.db import atomic
 from gateway.metrics import GatewayMetrics
 from gateway.rs485 import ReaderLink
 from gateway.types import Clock, KeyRing, system_clock
@@ -183,21 +184,6 @@ def _command(row: sqlite3.Row | tuple[object, ...]) -> Command:
     )
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """Join the caller's transaction (the ingest's writer), or make one (the CLI)."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 # -- issuing ----------------------------------------------------------------------------------
 
 
@@ -269,7 +255,7 @@ def issue(
     if isinstance(reader_id, bool) or not 1 <= reader_id <= construct_codec.READER_ID_MAX:
         raise CommandError("bad_value", f"reader id must be 1..{construct_codec.READER_ID_MAX}")
     checked = check_args(reader_id, opcode, args, now_ms)
-    with _transaction(conn):
+    with atomic(conn, "reader_commands"):
         row = conn.execute(
             "SELECT status FROM readers WHERE reader_id = ?", (reader_id,)
         ).fetchone()
@@ -555,7 +541,7 @@ def recent(
 def prune(conn: sqlite3.Connection, before_ms: int) -> int:
     """Delete settled commands issued before ``before_ms``; returns how many. Sequence numbers
     are kept apart (``reader_command_seq``), so none is ever given again."""
-    with _transaction(conn):
+    with atomic(conn, "reader_commands"):
         return conn.execute(
             "DELETE FROM reader_commands WHERE issued_ms < ? AND status NOT IN ('pending', 'sent')",
             (before_ms,),

@@ -14,13 +14,13 @@ import datetime as dt
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from gateway.cards import student_for_card
 from gateway.config import AttendanceConfig, Session
+from gateway.db import atomic
 from gateway.types import Clock, StoredScan
 from protocol.errors import ProtocolError
 
@@ -205,28 +205,6 @@ class EventChange:
 EventListener = Callable[[sqlite3.Connection, EventChange], None]
 
 
-@contextmanager
-def atomic(conn: sqlite3.Connection, name: str = "attendance_rules") -> Iterator[None]:
-    """All or nothing: a savepoint inside the caller's transaction, or a transaction of its own."""
-    if conn.in_transaction:
-        conn.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
-            raise
-        conn.execute(f"RELEASE {name}")
-    else:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
 @dataclass
 class _Stored:
     event_id: int
@@ -266,7 +244,7 @@ class AttendanceRules:
         if not scans:
             return
         now = self._clock()
-        with atomic(conn):
+        with atomic(conn, "attendance_rules"):
             students, cards = self._place(conn, scans)
             changes = 0
             for student_id, day, window in sorted(students, key=_group_order):
@@ -431,7 +409,7 @@ class AttendanceRules:
             for window in self.calendar.windows(day):
                 if now_ms < window.absent_at_ms or not self._settled(conn, window, now_ms):
                     continue
-                with atomic(conn):
+                with atomic(conn, "attendance_rules"):
                     created += self._close(conn, window, now_ms)
         return created
 

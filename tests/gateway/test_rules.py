@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.config import AttendanceConfig, Session
-from gateway.db import connect
-from gateway.rules import AttendanceRules, EventChange, atomic, event_key, to_ms
+from gateway.db import atomic, connect
+from gateway.rules import AttendanceRules, EventChange, event_key, to_ms
 from gateway.types import StoredScan
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
