@@ -25,7 +25,6 @@ import random
 import shutil
 import struct
 import termios
-import tty
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from firmware.ticks import ticks_ms
 from firmware.uplink import Uplink
 from gateway.ingest import Ingest
 from protocol import card, construct_codec, frame
+from tests.pty_end import PtyEnd
 
 BOARDS = Path(__file__).resolve().parents[2] / "hardware" / "boards"
 BOARD = "esp32-devkitc-wiegand"
@@ -294,46 +294,17 @@ class HubStats:
     polled: Counter[int] = field(default_factory=Counter)  # master frames per address
 
 
-class _End:
-    """The hub's side of one pty, with buffered non-blocking writes."""
+class _End(PtyEnd):
+    """The hub's side of one station's pty."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.master_fd, self.slave_fd = os.openpty()
-        tty.setraw(self.slave_fd)
-        os.set_blocking(self.master_fd, False)
-        self.port = os.ttyname(self.slave_fd)
+        super().__init__()
         self.mid_frame = False  # the station's last byte was not a delimiter
-        self._loop = loop
-        self._out = bytearray()
-        self._writing = False
-
-    def send(self, data: bytes) -> None:
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._out:
-            try:
-                n = os.write(self.master_fd, self._out)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._out.clear()
-                break
-            del self._out[:n]
-        if self._out and not self._writing:
-            self._loop.add_writer(self.master_fd, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            self._loop.remove_writer(self.master_fd)
-            self._writing = False
+        self._reading_loop = loop
 
     def close(self) -> None:
-        self._loop.remove_reader(self.master_fd)
-        if self._writing:
-            self._loop.remove_writer(self.master_fd)
-        os.close(self.master_fd)
-        os.close(self.slave_fd)
+        self._reading_loop.remove_reader(self.master_fd)
+        super().close()
 
 
 class BusHub:

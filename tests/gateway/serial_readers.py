@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import tty
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 from protocol import codec, construct_codec, frame
 from protocol.errors import ProtocolError
 from protocol.hmac256 import HmacSha256
+from tests.pty_end import PtyEnd
 
 Identity = tuple[int, int, int]  # reader_id, boot, seq
 
@@ -265,14 +265,11 @@ class SimBus:
         self.baudrate = baudrate
         self.echo = echo
         self.stats = BusStats()
-        self._master_fd, self._slave_fd = os.openpty()
-        tty.setraw(self._slave_fd)
-        os.set_blocking(self._master_fd, False)
-        self.port = os.ttyname(self._slave_fd)
+        self._pty = PtyEnd()
+        self._master_fd = self._pty.master_fd
+        self.port = self._pty.port
         self._frames = frame.FrameReader(self._on_frame, self._on_error)
-        self._out = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._writing = False
         self._timers: set[asyncio.TimerHandle] = set()
 
     def start(self) -> SimBus:
@@ -283,11 +280,9 @@ class SimBus:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._master_fd)
-            self._loop.remove_writer(self._master_fd)
         for timer in self._timers:
             timer.cancel()
-        os.close(self._master_fd)
-        os.close(self._slave_fd)
+        self._pty.close()
 
     async def __aenter__(self) -> SimBus:
         return self.start()
@@ -375,26 +370,7 @@ class SimBus:
     # -- sending to the master -----------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        self._out += data
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._out:
-            try:
-                n = os.write(self._master_fd, self._out)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._out.clear()
-                break
-            del self._out[:n]
-        assert self._loop is not None
-        if self._out and not self._writing:
-            self._loop.add_writer(self._master_fd, self._flush)
-            self._writing = True
-        elif not self._out and self._writing:
-            self._loop.remove_writer(self._master_fd)
-            self._writing = False
+        self._pty.send(data)
 
 
 class RecordingSink:
