@@ -27,7 +27,7 @@ drain time itself never fails the run).
 
 The gateway's ``[ingest] group_commit_ms`` / ``group_commit_max`` are its own defaults unless
 ``--group-commit-ms`` / ``--group-commit-max`` say otherwise; Mosquitto's
-``max_inflight_messages`` is the deployed 20 unless ``--inflight``. All are printed.
+``max_inflight_messages`` is the deployed value unless ``--inflight``. All are printed.
 
 Where the time goes: the report gives the CPU of the reader process(es), of the gateway (its
 event loop thread and its busiest other thread, the ingest writer), of Mosquitto and of anything
@@ -85,7 +85,19 @@ TARGET_S = 60.0
 CARDS = 2000  # distinct cards the prefill cycles through (a school's students)
 POLL_S = 0.02  # how often a reader process looks for drained queues
 # The deployed broker settings that matter here (hardware/gateway/mosquitto.conf).
-BROKER_LINES = ["max_packet_size 8192", "max_queued_messages 20000", "max_keepalive 120"]
+_DEPLOYED_BROKER = ROOT / "hardware" / "gateway" / "mosquitto.conf"
+_BROKER_KEYS = ("max_packet_size", "max_queued_messages", "max_keepalive")
+
+
+def _deployed(key: str) -> str:
+    """A setting of the Mosquitto configuration the project ships for the Pi."""
+    for line in _DEPLOYED_BROKER.read_text(encoding="utf-8").splitlines():
+        if line.split(" ", 1)[0] == key:
+            return line.split(" ", 1)[1].strip()
+    raise SystemExit(f"{_DEPLOYED_BROKER}: no {key}")
+
+
+BROKER_LINES = [f"{key} {_deployed(key)}" for key in _BROKER_KEYS]
 Identity = tuple[int, int, int]  # reader, boot, seq
 
 
@@ -799,8 +811,10 @@ def main() -> int:
     parser.add_argument("--group-commit-max", type=int, default=ingest.group_commit_max,
                         help="gateway [ingest] group_commit_max (the gateway's default, "
                              f"{ingest.group_commit_max})")
-    parser.add_argument("--inflight", type=int, default=20,
-                        help="Mosquitto max_inflight_messages (deployed: 20)")
+    parser.add_argument("--inflight", type=int,
+                        default=int(_deployed("max_inflight_messages")),
+                        help="Mosquitto max_inflight_messages (default: the deployed "
+                             "hardware/gateway/mosquitto.conf)")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the reader processes' timed phase into FILE")
     parser.add_argument("--profile-gateway", metavar="FILE",
