@@ -37,25 +37,51 @@ min_stay_min = 30
 
 [metrics]
 listen = "127.0.0.1:9108"  # Prometheus text format; empty to disable
+
+[export]                   # the Ministry's daily attendance workbooks (gateway/export.py)
+daily_dir = "/var/lib/attendance/export"   # written each school day; omit to turn off
+daily_at = "17:30"
+school_name = "Trường THCS Nguyễn Du"      # printed on the sheets (default: [gateway] school)
+zip = false                # also a ZIP of the day's class workbooks, for the district
+
+[[forward]]                # one table per upstream target (gateway/outbox.py, gateway/forwarders)
+name = "so-gd"             # unique: a-z 0-9 _ -, used by the CLI and in metrics
+type = "edfi"              # the adapter module gateway/forwarders/<type>.py
+enabled = true             # false: no item is enqueued for it
+max_batch = 50             # items per request
+concurrency = 2            # requests in flight
+base_url = "https://..."   # every other key goes to the adapter as `settings`
+client_secret_file = "/etc/attendance/edfi.secret"
 ```
 
-Relative paths are relative to the configuration file.
+Relative paths are relative to the configuration file (in a ``[[forward]]`` table: the settings
+whose name ends in ``_file``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
+import importlib.util
 import itertools
+import pkgutil
+import re
 import tomllib
+import types
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import forwarders
+from gateway.forwarders import ForwardTarget
 from protocol import topics
 from protocol.errors import ProtocolError
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FORWARD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+FORWARD_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_FORWARD_KEYS = ("name", "type", "enabled", "max_batch", "concurrency")
 
 
 class ConfigError(Exception):
@@ -108,6 +134,14 @@ class AttendanceConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    daily_dir: Path | None = None  # None: no scheduled export
+    daily_at: dt.time = dt.time(17, 30)
+    school_name: str | None = None
+    zip: bool = False
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     school: str
     database: Path
@@ -118,6 +152,9 @@ class GatewayConfig:
     rs485: tuple[Rs485Bus, ...] = ()
     attendance: AttendanceConfig = field(default_factory=AttendanceConfig)
     metrics_listen: str = ""
+    forward: tuple[ForwardTarget, ...] = ()
+    path: Path | None = None  # the file it was read from
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
     def client_id(self) -> str:
@@ -159,6 +196,12 @@ class _Section:
             raise self.error(name, "must be an integer")
         if not lowest <= value <= highest:
             raise self.error(name, f"must be between {lowest} and {highest}, not {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "must be true or false")
         return value
 
     def clock_time(self, name: str) -> dt.time:
@@ -248,6 +291,76 @@ def _attendance(section: _Section) -> AttendanceConfig:
     return AttendanceConfig(tuple(sorted(set(days))), frozenset(holidays), tuple(ordered))
 
 
+def _export(section: _Section) -> ExportConfig:
+    section.check_known("daily_dir", "daily_at", "school_name", "zip")
+    zipped = section._table.get("zip", False)
+    if not isinstance(zipped, bool):
+        raise section.error("zip", "must be true or false")
+    return ExportConfig(
+        daily_dir=section.path("daily_dir") if "daily_dir" in section._table else None,
+        daily_at=section.clock_time("daily_at") if "daily_at" in section._table
+        else dt.time(17, 30),
+        school_name=section.optional_text("school_name"),
+        zip=zipped,
+    )
+
+
+def forward_types() -> list[str]:
+    """The adapter modules in ``gateway/forwarders/`` (the ``type`` of a ``[[forward]]``): those
+    with a ``build`` (imported to tell; for error messages, not on the service's path)."""
+    found = []
+    for module in pkgutil.iter_modules(forwarders.__path__):
+        if module.name.startswith("_"):
+            continue
+        try:
+            imported = importlib.import_module(f"{forwarders.__name__}.{module.name}")
+        except Exception:  # a broken adapter is reported when it is used
+            continue
+        if callable(getattr(imported, "build", None)):
+            found.append(module.name)
+    return sorted(found)
+
+
+def _forward_type_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{forwarders.__name__}.{name}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _forward(root: _Section) -> tuple[ForwardTarget, ...]:
+    """The ``[[forward]]`` tables; errors name ``forward.<name>.<key>`` once the name is known."""
+    targets: list[ForwardTarget] = []
+    for numbered in root.tables("forward"):
+        name = numbered.text("name")
+        if not FORWARD_NAME.fullmatch(name):
+            raise numbered.error("name", f"must be 1-32 characters a-z 0-9 _ - (not starting "
+                                         f"with _ or -), not {name!r}")
+        section = _Section(numbered._path, f"forward.{name}", numbered._table)
+        if any(t.name == name for t in targets):
+            raise section.error("name", "is used by two [[forward]] tables")
+        kind = section.text("type")
+        if not FORWARD_TYPE.fullmatch(kind) or not _forward_type_exists(kind):
+            known = ", ".join(forward_types()) or "(none installed)"
+            raise section.error("type", f"unknown type {kind!r}; one of {known}")
+        settings: dict[str, Any] = {}
+        for key, value in section._table.items():
+            if key in _FORWARD_KEYS:
+                continue
+            if key.endswith("_file") and isinstance(value, str) and value:
+                value = str(section.path(key))  # relative to the configuration file
+            settings[key] = value
+        targets.append(ForwardTarget(
+            name=name,
+            type=kind,
+            settings=types.MappingProxyType(settings),
+            max_batch=section.integer("max_batch", 50, 1, 1000),
+            concurrency=section.integer("concurrency", 2, 1, 16),
+            enabled=section.boolean("enabled", True),
+        ))
+    return tuple(targets)
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate the gateway configuration at ``path``."""
     try:
@@ -259,7 +372,8 @@ def load_config(path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(file)", f"is not valid TOML: {exc}") from None
     root = _Section(path, "", raw)
-    root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics")
+    root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics",
+                     "export", "forward")
     gateway = root.table("gateway")
     gateway.check_known("school", "database", "master_key_file", "timezone")
     school = gateway.text("school")
@@ -300,4 +414,7 @@ def load_config(path: Path) -> GatewayConfig:
         rs485=tuple(buses),
         attendance=_attendance(root.table("attendance")),
         metrics_listen=listen,
+        export=_export(root.table("export")),
+        forward=_forward(root),
+        path=path,
     )

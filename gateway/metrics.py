@@ -4,7 +4,8 @@ Each :class:`GatewayMetrics` has its own registry (tests build many gateways in 
 HTTP endpoint is prometheus_client's own small threaded server. Counters are updated by the
 ingest's writer thread and the MQTT transport; per-reader gauges (heartbeat age, queue depth,
 records the reader dropped, clock health) are computed when Prometheus scrapes, from a snapshot
-the ingest keeps in memory.
+the ingest keeps in memory. The outbox's per-target gauges (pending, parked, oldest pending age,
+breaker state) likewise come from a snapshot the outbox refreshes every few seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.types import Clock
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 _HEALTHS = ("unknown", "ok", "unsynced", "drifting", "jumped")
+_BREAKER_STATES = ("closed", "open", "half_open")
 
 
 @dataclass
@@ -68,6 +70,48 @@ class _ReaderCollector(Collector):
                     "attendance_reader_clock_health", {"reader": label, "health": name},
                     1.0 if r.clock_health == name else 0.0))
         return [online, age, depth, dropped, health]
+
+
+@dataclass
+class OutboxSeen:
+    """One upstream target's outbox, as last read (gateway/outbox.py)."""
+
+    pending: int
+    parked: int
+    oldest_pending_ms: int | None
+    breaker: str
+    paused: bool
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Mapping[str, OutboxSeen]], clock: Clock) -> None:
+        self._snapshot = snapshot
+        self._clock = clock
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        now = self._clock()
+        seen = dict(self._snapshot())
+        pending = GaugeMetricFamily("attendance_outbox_pending",
+                                    "Items waiting for delivery", labels=["target"])
+        parked = GaugeMetricFamily("attendance_outbox_parked",
+                                   "Items parked until an operator retries them",
+                                   labels=["target"])
+        age = GaugeMetricFamily("attendance_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest pending item (0: none)", labels=["target"])
+        paused = GaugeMetricFamily("attendance_outbox_paused", "1 while paused by an operator",
+                                   labels=["target"])
+        breaker = GaugeMetricFamily("attendance_outbox_breaker_state",
+                                    "1 for the target's circuit breaker state",
+                                    labels=["target", "state"])
+        for target, s in sorted(seen.items()):
+            pending.add_metric([target], s.pending)
+            parked.add_metric([target], s.parked)
+            oldest = s.oldest_pending_ms
+            age.add_metric([target], 0.0 if oldest is None else max(0.0, (now - oldest) / 1000))
+            paused.add_metric([target], 1.0 if s.paused else 0.0)
+            for state in _BREAKER_STATES:
+                breaker.add_metric([target, state], 1.0 if s.breaker == state else 0.0)
+        return [pending, parked, age, paused, breaker]
 
 
 class GatewayMetrics:
@@ -129,10 +173,34 @@ class GatewayMetrics:
                                     "1 while the gateway's MQTT session is up", registry=r)
         self.mqtt_connects = Counter("attendance_mqtt_connects",
                                      "MQTT sessions established", registry=r)
+        self.outbox_enqueued = Counter(
+            "attendance_outbox_items_enqueued",
+            "Outbox items committed (one per event version and target)", ["target"], registry=r)
+        self.outbox_delivered = Counter("attendance_outbox_items_delivered",
+                                        "Items the upstream accepted", ["target"], registry=r)
+        self.outbox_retried = Counter(
+            "attendance_outbox_items_retried",
+            "Item attempts to be retried (the item's or the whole target's failure)",
+            ["target"], registry=r)
+        self.outbox_parked = Counter("attendance_outbox_items_parked",
+                                     "Items the upstream refused for good (parked)",
+                                     ["target"], registry=r)
+        self.outbox_superseded = Counter(
+            "attendance_outbox_items_superseded",
+            "Items replaced by a newer version of their event before delivery", ["target"],
+            registry=r)
+        self.outbox_target_failures = Counter(
+            "attendance_outbox_target_failures",
+            "Deliveries that failed as a whole (target down, adapter error)", ["target"],
+            registry=r)
 
     def watch_readers(self, snapshot: Callable[[], Mapping[int, ReaderSeen]],
                       clock: Clock) -> None:
         self.registry.register(_ReaderCollector(snapshot, clock))
+
+    def watch_outbox(self, snapshot: Callable[[], Mapping[str, OutboxSeen]],
+                     clock: Clock) -> None:
+        self.registry.register(_OutboxCollector(snapshot, clock))
 
 
 class MetricsServer:

@@ -10,6 +10,7 @@ Names of students appear in these reports (the operator's job) and never in logs
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
@@ -18,6 +19,7 @@ import tempfile
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +159,69 @@ class AttendanceRow:
     absent: bool
 
 
+# Vietnamese collation. Letters in the order of the Vietnamese alphabet, where ă, â, đ, ê, ô, ơ and
+# ư are letters of their own (after a, a, d, e, o, o, u), and f, j, w, z (foreign names) in their
+# Latin places; tones only break ties, in dictionary order: none, huyền (grave), hỏi (hook above),
+# ngã (tilde), sắc (acute), nặng (dot below). Both precomposed and decomposed input sort alike.
+_ALPHABET = "aăâbcdđeêfghijklmnoôơpqrstuưvwxyz"
+_LETTER_RANK = {letter: 1000 + i for i, letter in enumerate(_ALPHABET)}
+_WITH_MARK = {("a", "\u0306"): "ă", ("a", "\u0302"): "â", ("e", "\u0302"): "ê",
+              ("o", "\u0302"): "ô", ("o", "\u031b"): "ơ", ("u", "\u031b"): "ư"}
+_TONE_RANK = {"\u0300": 1, "\u0309": 2, "\u0303": 3, "\u0301": 4, "\u0323": 5}
+_SAME_LETTER = {"ð": "đ"}  # the Icelandic eth, sometimes typed for Đ
+
+WordKey = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+NameKey = tuple[WordKey, WordKey, tuple[WordKey, ...], str]
+
+
+def word_sort_key(word: str) -> WordKey:
+    """A Vietnamese word's collation key: (letters, tones, case); lower case sorts first.
+
+    Digits sort before letters, other scripts after them; punctuation is ignored (the full
+    name still breaks a tie).
+    """
+    letters: list[int] = []
+    bases: list[str] = []
+    tones: list[int] = []
+    case: list[int] = []
+    for char in unicodedata.normalize("NFD", word):
+        if unicodedata.combining(char):
+            if char in _TONE_RANK:
+                tones.append(_TONE_RANK[char])  # one per syllable, wherever it was typed
+            elif bases and (bases[-1], char) in _WITH_MARK:
+                bases[-1] = _WITH_MARK[(bases[-1], char)]
+                letters[-1] = _LETTER_RANK[bases[-1]]
+            else:
+                tones.append(10 + ord(char))  # a mark Vietnamese does not use
+            continue
+        for lower in char.casefold():
+            lower = _SAME_LETTER.get(lower, lower)
+            if lower in _LETTER_RANK:
+                rank = _LETTER_RANK[lower]
+            elif lower.isdigit():
+                rank = 100 + unicodedata.digit(lower, 0)
+            elif lower.isalpha():
+                rank = 2000 + ord(lower)
+            else:
+                continue
+            letters.append(rank)
+            bases.append(lower)
+            case.append(0 if char == char.lower() else 1)
+    return tuple(letters), tuple(tones), tuple(case)
+
+
+def name_sort_key(full_name: str) -> NameKey:
+    """How Vietnamese class lists are ordered: by given name (the last word), then family name
+    (the first), then middle names, each compared in Vietnamese collation (:func:`word_sort_key`).
+    """
+    words = full_name.split()
+    given = words[-1] if words else ""
+    family = words[0] if len(words) > 1 else ""
+    return (word_sort_key(given), word_sort_key(family),
+            tuple(word_sort_key(w) for w in words[1:-1]),
+            unicodedata.normalize("NFC", full_name))
+
+
 @dataclass(frozen=True)
 class _Student:
     student_id: str
@@ -166,12 +231,8 @@ class _Student:
     active: bool
 
     @property
-    def order(self) -> tuple[str, str, str, str]:
-        # Vietnamese class lists sort by given name (the last word), then the full name.
-        words = self.full_name.split()
-        given = words[-1] if words else ""
-        return (self.class_id or "\uffff", given.casefold(), self.full_name.casefold(),
-                self.student_id)
+    def order(self) -> tuple[str, NameKey, str]:
+        return (self.class_id or "\uffff", name_sort_key(self.full_name), self.student_id)
 
 
 def _students(conn: sqlite3.Connection) -> dict[str, _Student]:
@@ -198,16 +259,19 @@ def attendance_rows(conn: sqlite3.Connection, calendar: SchoolCalendar, date_fro
     yet), ``no_record`` (closed, but the student had no event: added to the roster later).
     """
     students = _students(conn)
+    in_class = ("" if class_id is None else
+                " AND student_id IN (SELECT student_id FROM students WHERE class_id = ?)")
     for day in _days(date_from, date_to):
         windows = calendar.windows(day)
         if not windows:
             continue
         iso = day.isoformat()
+        params = (iso,) if class_id is None else (iso, class_id)
         events: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
         for sid, session, kind, at_ms in conn.execute(
                 "SELECT student_id, session, kind, at_ms FROM attendance_events "
                 "WHERE school_date = ? AND student_id IS NOT NULL AND voided_ms IS NULL "
-                "AND kind IN ('check_in', 'late', 'check_out', 'absent')", (iso,)):
+                "AND kind IN ('check_in', 'late', 'check_out', 'absent')" + in_class, params):
             events[(str(session), str(sid))][str(kind)] = int(at_ms)
         closed = {str(r[0]) for r in conn.execute(
             "SELECT session FROM closed_sessions WHERE school_date = ?", (iso,))}
@@ -369,7 +433,8 @@ EXPORT_HEADERS = (
 )
 
 
-def _local_time(ms: int | None, zone: dt.tzinfo) -> dt.time | None:
+def local_time(ms: int | None, zone: dt.tzinfo) -> dt.time | None:
+    """The school-local time of day of Unix milliseconds, to the second."""
     return None if ms is None else from_ms(ms, zone).time().replace(microsecond=0)
 
 
@@ -377,33 +442,52 @@ def export_values(row: AttendanceRow, zone: dt.tzinfo) -> tuple[Any, ...]:
     """A row's export cells: date, times of day in the school's zone, 1/0 flags."""
     return (dt.date.fromisoformat(row.school_date), row.session, row.class_id or "",
             row.class_name or "", row.student_id, row.full_name,
-            _local_time(row.check_in_ms, zone), _local_time(row.check_out_ms, zone),
+            local_time(row.check_in_ms, zone), local_time(row.check_out_ms, zone),
             int(row.late), int(row.absent), row.status)
 
 
-def _atomic_write(out: Path, suffix: str) -> tuple[int, str]:
+@contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out`` to write; when the block succeeds it is flushed to disk
+    and renamed to ``out``, when it fails it is removed. So ``out`` appears complete or not at
+    all, and an older ``out`` stays intact until the new one replaces it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_csv(rows: Iterable[AttendanceRow], out: Path, zone: dt.tzinfo) -> int:
     """Write rows as CSV (UTF-8 with a BOM, so spreadsheet programs read Vietnamese); the file
     appears complete or not at all. Returns the number of rows."""
-    fd, tmp = _atomic_write(out, ".csv")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(EXPORT_HEADERS)
-            for row in rows:
-                values = export_values(row, zone)
-                writer.writerow(["" if v is None else v.isoformat() if isinstance(
-                    v, dt.date | dt.time) else v for v in values])
-                count += 1
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp, tmp.open("w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(EXPORT_HEADERS)
+        for row in rows:
+            values = export_values(row, zone)
+            writer.writerow(["" if v is None else v.isoformat() if isinstance(
+                v, dt.date | dt.time) else v for v in values])
+            count += 1
     return count
 
 
@@ -437,14 +521,8 @@ def write_xlsx(rows: Iterable[AttendanceRow], out: Path, zone: dt.tzinfo) -> int
             cells.append(cell)
         sheet.append(cells)
         count += 1
-    fd, tmp = _atomic_write(out, ".xlsx")
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:
         workbook.save(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return count
 
 

@@ -1,5 +1,6 @@
 """The operator's read-only reports: ``status``, ``today``, ``unknown-cards``, ``quarantine``,
-``gaps`` and ``export`` (gateway/reports.py computes them; this module prints them).
+``gaps``, ``export`` and ``workbook`` (gateway/reports.py and gateway/export.py compute them;
+this module prints them).
 
 Text tables with Vietnamese / English headers by default, ``--json`` for machines.
 """
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway import export as workbooks
 from gateway import reports
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
@@ -138,6 +140,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--out", type=Path, required=True, help="tệp ra / output file")
     export.add_argument("--class", dest="class_id", metavar="CLASS", help="chỉ một lớp / one class")
     _common(export, _export, json_flag=False)
+
+    workbook = subparsers.add_parser(
+        "workbook", help="sổ điểm danh Excel theo lớp cho Bộ GD&ĐT / the Ministry's attendance "
+                         "workbook per class")
+    when = workbook.add_mutually_exclusive_group()
+    when.add_argument("--date", type=_date, help="ngày / date (default: today)")
+    when.add_argument("--range", nargs=2, type=_date, metavar=("FROM", "TO"),
+                      help="từ ngày đến ngày: mỗi lớp một tệp, mỗi ngày một trang / "
+                           "first and last date: one workbook per class, one sheet per day")
+    workbook.add_argument("--class", dest="class_id", metavar="CLASS",
+                          help="chỉ một lớp / one class")
+    workbook.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                          help="thư mục ra / output folder (default: the current folder)")
+    workbook.add_argument("--zip", action="store_true",
+                          help="thêm một tệp ZIP gồm mọi sổ để gửi phòng giáo dục / also a ZIP of "
+                               "the workbooks, for the district")
+    _common(workbook, _workbook, json_flag=False)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -273,4 +292,34 @@ def _export(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conne
         return 2
     count = reports.export(conn, calendar, args.date_from, args.date_to, fmt, out, args.class_id)
     print(f"Đã ghi {count} dòng vào / Wrote {count} rows to {out}")
+    return 0
+
+
+def _workbook(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connection,
+              calendar: SchoolCalendar) -> int:
+    if args.range:
+        date_from, date_to = args.range
+    else:
+        date_from = date_to = args.date or calendar.local_date(system_clock())
+    try:
+        result = workbooks.export_workbooks(
+            conn, calendar, date_from, date_to, args.out, school=config.school,
+            school_name=config.export.school_name or config.school, class_id=args.class_id,
+            zip_archive=args.zip)
+    except workbooks.ExportError as exc:
+        print(f"Lỗi / Error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"Lỗi / Error: không ghi được tệp / cannot write: {exc}", file=sys.stderr)
+        return 1
+    count = len(result.files)
+    print(f"Đã ghi {count} sổ điểm danh vào / Wrote {count} workbooks to {args.out} "
+          f"({len(result.school_days)} ngày học / school days)")
+    for path in result.files:
+        print(f"  {path.name}")
+    if result.zip is not None:
+        print(f"ZIP: {result.zip}")
+    if result.without_class:
+        print(f"Chú ý / Note: {result.without_class} học sinh chưa được xếp lớp nên không có trong "
+              f"sổ nào / students have no class and are on no sheet", file=sys.stderr)
     return 0

@@ -9,12 +9,17 @@ ingest (``gateway/ingest.py``, whose writer thread is the database's only writer
   absence timer every ``RULES_TIMER_S`` seconds (through the ingest's writer);
 * the delivery of commands to readers (``gateway/reader_commands.py``): what
   ``attendance-gateway readers command`` queued goes out over MQTT or the reader's bus;
-* the Prometheus endpoint on ``[metrics] listen``.
+* the Prometheus endpoint on ``[metrics] listen``;
+* one outbox delivery loop per enabled ``[[forward]]`` target (``gateway/outbox.py``): the rules
+  enqueue each event version in their transaction, the loops deliver outside it;
+* with ``[export] daily_dir``, the day's attendance workbooks per class after ``daily_at``
+  (``gateway/export.py``; a worker thread on a read-only connection).
 
 A reader added, rotated or revoked with ``attendance-gateway readers`` reaches the running gateway
 within ``KEY_POLL_S`` seconds (keys and bus addresses). SIGTERM or SIGINT stop it gracefully:
-transports stop taking messages, what they took is committed and acknowledged, the database is
-closed; nothing is lost.
+transports stop taking messages, what they took is committed and acknowledged, deliveries in
+flight upstream get up to 10 s to finish and be recorded (the rest stay pending and go again,
+under the same idempotency keys, after the restart), the database is closed; nothing is lost.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ import sys
 from gateway import db
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
+from gateway.export import DailyExport
+from gateway.forwarders import Adapter, ForwardTarget
 from gateway.ingest import Ingest
 from gateway.keystore import KeystoreError
 from gateway.logs import setup_logging
 from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.outbox import Enqueuer, OutboxService, build_adapter
 from gateway.reader_commands import CommandDispatcher
 from gateway.registry import Registry, RegistryError
 from gateway.rs485 import BusMaster
@@ -80,18 +88,24 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    targets = [t for t in config.forward if t.enabled] if with_rules else []
+    adapters = await _adapters(config, targets)  # ConfigError before anything is opened
     conn = db.connect(config.database)
     registry_conn = db.connect(config.database, migrate=False)
     commands_conn = db.connect(config.database, migrate=False)
+    outbox_conn = db.connect(config.database, migrate=False)
     server: MetricsServer | None = None
+    outbox: OutboxService | None = None
     try:
         registry = Registry.open(registry_conn, config.master_key_file)
         version = registry.key_ring_version()
         metrics = GatewayMetrics()
         rules = AttendanceRules(config.attendance, config.timezone,
-                                config.ingest.repeat_window_s, system_clock)
+                                config.ingest.repeat_window_s, system_clock,
+                                listeners=[Enqueuer([t.name for t in targets])] if targets else ())
         ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
                         on_scans=rules.on_scans if with_rules else None)
+        outbox = OutboxService(ingest, adapters, outbox_conn, metrics=metrics)
         if config.metrics_listen:
             server = MetricsServer(metrics, config.metrics_listen)
             log.info("metrics", extra={"listen": config.metrics_listen})
@@ -101,11 +115,13 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
         helpers = [asyncio.create_task(_watch_registry(registry, ingest, buses, version, stop))]
         if with_rules:
             helpers.append(asyncio.create_task(_rules_timer(rules, ingest, stop)))
+        if config.export.daily_dir is not None:  # the Ministry workbooks, in a worker thread
+            helpers.append(asyncio.create_task(DailyExport(config).run(stop)))
         service = GatewayService(config, ingest)
         dispatcher = CommandDispatcher(ingest, mqtt=service, buses=buses,
                                        read_conn=commands_conn, metrics=metrics)
         try:
-            await asyncio.gather(service.run(stop), dispatcher.run(stop),
+            await asyncio.gather(service.run(stop), dispatcher.run(stop), outbox.run(stop),
                                  *(bus.run(stop) for bus in buses))
         finally:
             for task in helpers:
@@ -115,13 +131,35 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
                     await task
             await ingest.close()
     finally:
+        if outbox is not None:
+            await outbox.close()
+        else:
+            for adapter in adapters:
+                with contextlib.suppress(Exception):
+                    await adapter.close()
         if server is not None:
             server.close()
+        outbox_conn.close()
         commands_conn.close()
         registry_conn.close()
         conn.close()
     log.info("stopped")
     return 0
+
+
+async def _adapters(config: GatewayConfig, targets: list[ForwardTarget]) -> list[Adapter]:
+    """The enabled targets' adapters; if one cannot be built, those built are closed."""
+    adapters: list[Adapter] = []
+    try:
+        for target in targets:
+            adapters.append(build_adapter(target, clock=system_clock, config_path=config.path,
+                                          timezone=config.timezone))
+    except BaseException:
+        for adapter in adapters:
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        raise
+    return adapters
 
 
 def _bus_readers(registry: Registry, port: str) -> dict[int, int]:
