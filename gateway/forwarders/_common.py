@@ -1,0 +1,186 @@
+"""What the upstream adapters share: typed reads of a ``[[forward]]`` table's settings (errors
+name ``forward.<name>.<key>``), secret files, and HTTP's Retry-After.
+
+Used by ``gateway/forwarders/openemis.py`` and ``gateway/forwarders/relay.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import os
+import ssl
+import stat
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.config import ConfigError
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+RETRY_AFTER_MAX_S = 86_400.0
+_SECRET_MAX = 4096
+
+
+class Settings:
+    """Typed reads from ``target.settings`` (or a table inside it)."""
+
+    def __init__(self, path: Path, prefix: str, table: Mapping[str, Any]) -> None:
+        self.path, self.prefix, self.table = path, prefix, table
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), reason)
+
+    def check_known(self, names: Sequence[str]) -> None:
+        for name in self.table:
+            if name not in names:
+                raise self.error(name, "unknown key (misspelt?)")
+
+    def sub(self, name: str, table: Mapping[str, Any]) -> Settings:
+        return Settings(self.path, self.key(name), table)
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self.table.get(name, default)
+        if value is None:
+            raise self.error(name, "is required")
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, "must be a non-empty string")
+        return value.strip()
+
+    def optional_text(self, name: str) -> str | None:
+        return self.text(name) if name in self.table else None
+
+    def integer(self, name: str, lowest: int, highest: int, default: int | None = None) -> int:
+        value = self.table.get(name, default)
+        if value is None:
+            raise self.error(name, "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, "must be an integer")
+        if not lowest <= value <= highest:
+            raise self.error(name, f"must be between {lowest} and {highest}, not {value}")
+        return value
+
+    def number(self, name: str, lowest: float, highest: float, default: float) -> float:
+        value = self.table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, "must be a number")
+        if not lowest <= value <= highest:
+            raise self.error(name, f"must be between {lowest:g} and {highest:g}, not {value}")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "must be true or false")
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def file(self, name: str, default: str | None = None) -> Path:
+        """A path; relative paths are relative to the configuration file."""
+        value = Path(self.text(name, default))
+        return value if value.is_absolute() else self.path.parent / value
+
+    def url(self, name: str, default: str | None = None, *, what: str = "student data") -> str:
+        """An ``https://`` URL without a trailing slash; ``http://`` only to this machine."""
+        text = self.text(name, default).rstrip("/")
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(name, f"must be an https:// URL, not {text!r}")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise self.error(name, "must not carry a query, a fragment or credentials")
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+            raise self.error(name, f"must be https:// ({what} cross it); plain http:// is "
+                                   "accepted for this machine only")
+        return text
+
+    def secret(self, name: str) -> str:
+        """The one-line secret in the file named by setting ``name`` (mode 600 required)."""
+        path = self.file(name)
+        try:
+            data = read_private_file(path, _SECRET_MAX)
+        except PrivateFileError as exc:
+            raise self.error(name, str(exc)) from None
+        try:
+            value = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise self.error(name, f"{path} is not UTF-8 text") from None
+        if not value or "\n" in value:
+            raise self.error(name, f"{path} must hold the secret on one line")
+        return value
+
+    def tls(self, verify_name: str = "verify", ca_name: str = "ca_file"
+            ) -> ssl.SSLContext | bool:
+        """``verify = false`` (tests only), a private CA bundle, or the system's CAs."""
+        verify = self.boolean(verify_name, True)
+        if ca_name not in self.table:
+            return verify
+        if not verify:
+            raise self.error(ca_name, f"give {ca_name} or {verify_name} = false, not both")
+        path = self.file(ca_name)
+        try:
+            return ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            raise self.error(ca_name, f"{path} is not a usable CA bundle: {exc}") from None
+
+
+class PrivateFileError(Exception):
+    """A secret's file that is missing, unreadable, too big or readable by others."""
+
+
+def read_private_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file that only its owner can read
+    (mode 600 or stricter) and holds at most ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise PrivateFileError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise PrivateFileError(f"{path} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PrivateFileError(f"{path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise PrivateFileError(
+                f"{path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):o}); run chmod 600 on it")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise PrivateFileError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def retry_after_s(header: str | None, now_ms: int) -> float | None:
+    """Retry-After as seconds from now (delta-seconds or an HTTP date, RFC 9110), capped at a
+    day; None when absent or unreadable."""
+    if not header:
+        return None
+    header = header.strip()
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - now_ms / 1000
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), RETRY_AFTER_MAX_S)
+
+
+def short(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters, for a parked reason or a log field."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
