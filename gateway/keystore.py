@@ -14,6 +14,10 @@ The master key file holds exactly 32 raw bytes, mode 600. It is created on first
 the caller says the database holds nothing sealed yet, see ``gateway/registry.py``), and refused
 when group or others have any access to it or when its size is wrong.
 
+The gateway's own Ed25519 key for the province relay (``gateway/forwarders/relay.py``) is sealed
+the same way, as purpose ``gateway_signing_key`` with ``reader_id`` 0, in a file of its own written
+by :func:`create_private_file`.
+
 Nothing here puts a secret into a message, an exception or a repr.
 """
 
@@ -36,8 +40,9 @@ TAG_LEN = 16
 BLOB_VERSION = 1
 _AAD_PREFIX = b"attendance-gateway/sealed/v1\x00"
 
-Purpose = Literal["reader_key", "mqtt_password"]
-_PURPOSES: dict[str, bytes] = {"reader_key": b"reader_key", "mqtt_password": b"mqtt_password"}
+Purpose = Literal["reader_key", "mqtt_password", "gateway_signing_key"]
+_PURPOSES: dict[str, bytes] = {"reader_key": b"reader_key", "mqtt_password": b"mqtt_password",
+                               "gateway_signing_key": b"gateway_signing_key"}
 
 
 class KeystoreError(Exception):
@@ -69,7 +74,7 @@ class MasterKey:
         except FileNotFoundError:
             if not create:
                 raise KeystoreError(f"{path}: master key file does not exist") from None
-        _create_file(path, secrets.token_bytes(MASTER_KEY_LEN))
+        create_private_file(path, secrets.token_bytes(MASTER_KEY_LEN))
         return cls._read(path)
 
     @classmethod
@@ -99,15 +104,15 @@ class MasterKey:
         return cls(data)
 
 
-def _create_file(path: Path, data: bytes) -> None:
+def create_private_file(path: Path, data: bytes, *, what: str = "master key file") -> None:
     """Create ``path`` holding ``data``, mode 600 from the first byte, durably, never replacing.
 
     The bytes go to a private temporary file in the same directory, reach the disk, and are then
-    hard-linked to ``path``: a crash leaves either no master key file or a complete one, and a
-    concurrent creator's file is kept (``link`` fails if ``path`` exists).
+    hard-linked to ``path``: a crash leaves either no file or a complete one, and a concurrent
+    creator's file is kept (``link`` fails if ``path`` exists; the caller reads it back).
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".master-key-")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
@@ -120,7 +125,7 @@ def _create_file(path: Path, data: bytes) -> None:
             return
         _fsync_dir(path.parent)
     except OSError as exc:
-        raise KeystoreError(f"{path}: cannot create master key file: {exc.strerror}") from None
+        raise KeystoreError(f"{path}: cannot create {what}: {exc.strerror}") from None
     finally:
         if fd >= 0:
             os.close(fd)
@@ -165,7 +170,8 @@ class Sealer:
         return bytes([BLOB_VERSION]) + nonce + sealed
 
     def unseal(self, blob: bytes, *, purpose: Purpose, reader_id: int, key_id: int) -> bytes:
-        where = f"sealed {purpose} of reader {reader_id} key {key_id}"
+        where = (f"sealed {purpose} of reader {reader_id} key {key_id}" if reader_id
+                 else f"sealed {purpose} key {key_id}")
         blob = bytes(blob)
         if len(blob) < 1 + NONCE_LEN + TAG_LEN or blob[0] != BLOB_VERSION:
             raise KeystoreError(f"{where}: not a sealed secret of format {BLOB_VERSION}")
