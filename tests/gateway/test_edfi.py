@@ -33,6 +33,7 @@ from gateway.ingest import Ingest
 from gateway.outbox import Enqueuer, OutboxPolicy, OutboxService, build_adapter
 from gateway.rules import AttendanceRules, event_key, from_ms, to_ms
 from gateway.types import StaticKeyRing, StoredScan
+from tests.log_text import logged_text
 from tests.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault
 
 ZONE = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
@@ -489,7 +490,7 @@ async def test_no_secret_token_or_student_id_in_logs(
         await adapter.deliver([item(STUDENTS[1])])
     tokens = {r.bearer for r in peer.requests if r.bearer}
     assert tokens
-    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    text = logged_text(caplog.records)
     assert "target down" in text
     for secret in [*tokens, "s3cr3t-for-tests", STUDENTS[0], STUDENTS[1]]:
         assert secret not in text

@@ -19,6 +19,7 @@ from gateway.config import ConfigError, load_config
 from gateway.forwarders import AttendanceItem, DeliveryResult, EventKind, ForwardTarget, TargetDown
 from gateway.forwarders.openemis import OpenEmisAdapter, build
 from gateway.rules import event_key, to_ms
+from tests.log_text import logged_text
 from tests.peers.openemis import ABSENCES_PATH, LOGIN_PATH, MARKED_PATH, Fault, OpenEmisPeer
 
 ZONE = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
@@ -353,8 +354,8 @@ async def test_nothing_secret_or_personal_reaches_the_logs(
         await adapter.deliver([item("0100000003", "late")])
     # Ours, and httpx's request lines (URLs carry the row's key); not httpcore's socket chatter,
     # whose ports and addresses can contain any digits.
-    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records
-                     if r.name.startswith("gateway") or r.name == "httpx")
+    text = logged_text(r for r in caplog.records
+                       if r.name.startswith("gateway") or r.name == "httpx")
     assert "target down" in text
     for secret in ("pa55-for-tests", "api-key-for-tests", *STUDENTS, *map(str,
                                                                            STUDENTS.values())):

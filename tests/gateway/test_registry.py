@@ -24,6 +24,7 @@ from gateway.cli import build_parser
 from gateway.keystore import KeystoreError, MasterKey, Purpose, Sealer
 from gateway.registry import Registry, RegistryError
 from gateway.types import ReaderKey
+from tests.log_text import logged_text
 
 
 class FakeClock:
@@ -260,7 +261,7 @@ def test_nothing_secret_is_logged(registry: Registry, caplog: pytest.LogCaptureF
     registry.finish_rotation(1)
     registry.revoke(1)
     assert len(caplog.records) == 4
-    logged = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    logged = caplog.text + logged_text(caplog.records)
     for creds in issued:
         assert creds.key.hex() not in logged and repr(creds.key) not in logged
         assert creds.mqtt_password not in logged

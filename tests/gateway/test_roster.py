@@ -22,6 +22,7 @@ import pytest
 from gateway import cards, db, roster
 from gateway.cli import main
 from gateway.roster import RosterFileError, import_oneroster, import_sheet
+from tests.log_text import logged_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "roster"
 ONEROSTER = FIXTURES / "oneroster"
@@ -755,6 +756,6 @@ def test_logs_carry_no_names_or_phones(conn: sqlite3.Connection,
         import_sheet(conn, FIXTURES / "hoc-sinh-loi.csv")
     assert caplog.records
     for record in caplog.records:
-        text = repr(record.__dict__)
+        text = logged_text([record])
         for secret in ("Nguyễn", "Trần", "Bình", "84912345678", "0912", "7901000101"):
             assert secret not in text

@@ -17,6 +17,7 @@ from gateway.config import AttendanceConfig, Session
 from gateway.db import atomic, connect
 from gateway.rules import AttendanceRules, EventChange, event_key, to_ms
 from gateway.types import StoredScan
+from tests.log_text import logged_text
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 MONDAY = dt.date(2026, 9, 7)
@@ -407,7 +408,7 @@ def test_logs_name_no_student_and_no_card(school: SchoolDb, clock: FakeClock,
     tap(school, rules, 1, UNKNOWN, "07:06")
     assert rules.close_due_sessions(school.conn, at("08:31")) == 2
     assert caplog.records
-    logged = " ".join(str(r.__dict__) for r in caplog.records)
+    logged = logged_text(caplog.records)
     for secret in (*CARDS.values(), UNKNOWN, "S1", "S2", "S3", "Nguyễn", "Trần", "04A1B2C3"):
         assert secret not in logged
 
