@@ -69,18 +69,19 @@ import math
 import random
 import sqlite3
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from gateway import forwarders
 from gateway.config import ConfigError, forward_types
+from gateway.db import atomic
 from gateway.forwarders import Adapter, AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
 from gateway.metrics import GatewayMetrics, OutboxSeen
 from gateway.retry import Backoff
 from gateway.rules import EventChange
-from gateway.types import Clock, system_clock
+from gateway.types import Clock, TransactionRunner, system_clock
 
 log = logging.getLogger("gateway.outbox")
 
@@ -137,21 +138,6 @@ def _clip(text: str | None) -> str | None:
     return text if len(text) <= REASON_MAX else text[:REASON_MAX - 1] + "…"
 
 
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """Join the caller's transaction (the ingest's writer), or make one (the CLI)."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 # -- enqueue (inside the rules' transaction) ---------------------------------------------------
 
 _ENQUEUE = (
@@ -187,7 +173,10 @@ class Enqueuer:
 _PICK = (
     "SELECT o.item_id, o.event_id, o.event_key, o.revision, o.change, o.idempotency_key, "
     "o.attempts, e.revision, e.kind, e.school_date, e.session, e.at_ms, e.gate, e.student_id, "
-    "st.class_id FROM outbox o JOIN attendance_events e ON e.event_id = o.event_id "
+    "st.class_id, (SELECT d.upstream_id FROM outbox d WHERE d.target = o.target "
+    "AND d.event_id = o.event_id AND d.state = 'delivered' AND d.upstream_id IS NOT NULL "
+    "ORDER BY d.revision DESC LIMIT 1) "
+    "FROM outbox o JOIN attendance_events e ON e.event_id = o.event_id "
     "LEFT JOIN students st ON st.student_id = e.student_id "
     "WHERE o.target = ? AND o.state = 'pending' AND o.next_attempt_ms <= ? {exclude}"
     "ORDER BY o.event_id, o.revision LIMIT ?")
@@ -225,7 +214,7 @@ def pick(conn: sqlite3.Connection, target: str, now_ms: int, limit: int, *,
             item_id=int(r[0]), idempotency_key=str(r[5]), event_key=str(r[2]),
             revision=int(r[3]), change=r[4], kind=r[8], school_date=str(r[9]),
             session=str(r[10]), at_ms=int(r[11]), gate=r[12], student_id=r[13],
-            class_id=r[14], attempts=int(r[6])))
+            class_id=r[14], attempts=int(r[6]), upstream_id=r[15]))
     return out
 
 
@@ -235,7 +224,7 @@ def supersede(conn: sqlite3.Connection, target: str, item_ids: Sequence[int],
     sure the current version is enqueued for ``target`` (it is, unless the target was disabled
     when the event last changed). Returns how many were superseded."""
     done = 0
-    with _transaction(conn):
+    with atomic(conn, "outbox"):
         for item_id in item_ids:
             row = conn.execute(
                 "UPDATE outbox SET state = 'superseded', updated_ms = ? WHERE item_id = ? "
@@ -297,7 +286,7 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled], no
     """Write a batch's outcomes (and the target's breaker, when given) in one transaction. Only
     pending rows change: an item settled meanwhile (it cannot be, while in flight) is left."""
     out = Recorded()
-    with _transaction(conn):
+    with atomic(conn, "outbox"):
         for s in settled:
             if s.outcome == "delivered":
                 changed = conn.execute(
@@ -466,7 +455,7 @@ def retry_parked(conn: sqlite3.Connection, target: str, item_ids: Sequence[int] 
     """Parked items of ``target`` (all of them when ``item_ids`` is None) back to pending, due
     now; returns their ids. All or nothing: an id that is not a parked item of ``target`` is
     refused (OutboxError ``not_parked``) and nothing changes."""
-    with _transaction(conn):
+    with atomic(conn, "outbox"):
         if item_ids is None:
             rows = conn.execute(
                 "UPDATE outbox SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
@@ -495,7 +484,7 @@ def retry_parked(conn: sqlite3.Connection, target: str, item_ids: Sequence[int] 
 def set_paused(conn: sqlite3.Connection, target: str, paused: bool, now_ms: int) -> bool:
     """Pause or resume ``target``; False if it already was. The running gateway stops picking
     (batches in flight finish) or resumes within ``poll_s``."""
-    with _transaction(conn):
+    with atomic(conn, "outbox"):
         row = conn.execute("SELECT paused FROM outbox_targets WHERE target = ?",
                            (target,)).fetchone()
         if row is not None and bool(row[0]) == paused:
@@ -555,7 +544,7 @@ def status(conn: sqlite3.Connection, since_ms: int | None = None) -> dict[str, T
 def prune(conn: sqlite3.Connection, before_ms: int) -> int:
     """Delete delivered and superseded items settled before ``before_ms``; parked and pending
     items are never pruned. Returns how many."""
-    with _transaction(conn):
+    with atomic(conn, "outbox"):
         return (conn.execute("DELETE FROM outbox WHERE state = 'delivered' AND delivered_ms < ?",
                              (before_ms,)).rowcount
                 + conn.execute("DELETE FROM outbox WHERE state = 'superseded' "
@@ -604,12 +593,6 @@ def build_adapter(target: ForwardTarget, *, clock: Clock, config_path: Path | No
 
 
 # -- delivery (the running gateway) ------------------------------------------------------------
-
-class Writer(Protocol):
-    """Where the outbox's writes go: the ingest's writer thread."""
-
-    def run_in_transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]: ...
-
 
 class Reads:
     """The outbox's read connection, used from executor threads one call at a time."""
@@ -694,7 +677,7 @@ class TargetDelivery:
     batches in flight finish and be recorded) are its steps, public for tests.
     """
 
-    def __init__(self, adapter: Adapter, writer: Writer, reads: Reads, *,
+    def __init__(self, adapter: Adapter, writer: TransactionRunner, reads: Reads, *,
                  metrics: GatewayMetrics | None = None, clock: Clock = system_clock,
                  policy: OutboxPolicy = DEFAULT_POLICY, rng: random.Random | None = None,
                  breaker: BreakerRow | None = None) -> None:
@@ -890,9 +873,10 @@ class TargetDelivery:
 class OutboxService:
     """Every target's delivery loop, the metrics' snapshot and the hourly prune."""
 
-    def __init__(self, writer: Writer, adapters: Sequence[Adapter], read_conn: sqlite3.Connection,
-                 *, metrics: GatewayMetrics | None = None, clock: Clock = system_clock,
-                 policy: OutboxPolicy = DEFAULT_POLICY, rng: random.Random | None = None) -> None:
+    def __init__(self, writer: TransactionRunner, adapters: Sequence[Adapter],
+                 read_conn: sqlite3.Connection, *, metrics: GatewayMetrics | None = None,
+                 clock: Clock = system_clock, policy: OutboxPolicy = DEFAULT_POLICY,
+                 rng: random.Random | None = None) -> None:
         names = [a.name for a in adapters]
         if len(set(names)) != len(names):
             raise ValueError("two adapters with the same target name")

@@ -46,14 +46,14 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeVar, cast
 
 from gateway.db import atomic
 from gateway.metrics import GatewayMetrics
 from gateway.rs485 import ReaderLink
-from gateway.types import Clock, KeyRing, system_clock
+from gateway.types import Clock, KeyRing, TransactionRunner, system_clock
 from protocol import codec, construct_codec
 from protocol.errors import ProtocolError
 
@@ -551,13 +551,11 @@ def prune(conn: sqlite3.Connection, before_ms: int) -> int:
 # -- the running gateway's side ---------------------------------------------------------------
 
 
-class Writer(Protocol):
+class Writer(TransactionRunner, Protocol):
     """Where the dispatcher's writes go: the ingest (its writer thread) and its key ring."""
 
     @property
     def keys(self) -> KeyRing: ...
-
-    def run_in_transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]: ...
 
 
 class MqttLink(Protocol):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
 KeyState = Literal["active", "retired", "revoked"]
 TimeSource = Literal["reader", "corrected", "gateway"]
@@ -73,3 +74,13 @@ class StaticKeyRing:
     def active(self, reader_id: int) -> ReaderKey | None:
         keys = self._keys.get(reader_id, ())
         return keys[0] if keys and keys[0].state == "active" else None
+
+
+_T = TypeVar("_T")
+
+
+class TransactionRunner(Protocol):
+    """The database's one writer (``gateway.ingest.Ingest``'s writer thread): ``fn`` runs in a
+    transaction of its own there, committed before the awaitable resolves."""
+
+    def run_in_transaction(self, fn: Callable[[sqlite3.Connection], _T]) -> Awaitable[_T]: ...

@@ -38,6 +38,7 @@ class AttendanceItem:
     student_id: str | None  # the Ministry student id; None for unknown_card
     class_id: str | None
     attempts: int  # delivery attempts made before this one
+    upstream_id: str | None = None  # the upstream's id from this event's last delivered version
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ One item becomes one request against ``{data_url}/ed-fi/studentSchoolAttendanceE
 - created or revised: ``POST`` the whole resource. Ed-Fi upserts on the natural key (category
   descriptor, eventDate, school, school year, sessionName, studentUniqueId), so a resend after a
   crash, a retry or a revision updates the one record upstream (``201`` created, ``200`` updated);
-- voided: ``DELETE`` the record, by the id its ``Location`` gave when this process sent it, else
+- voided: ``DELETE`` the record, by the id its ``Location`` gave (kept by the outbox), else
   by the id a ``GET`` on the natural key finds (Ed-Fi resources are queryable by natural key); a
   record that is not there is already what we want.
 
@@ -307,7 +307,6 @@ class EdFiAdapter:
         self.tokens_fetched = 0  # for metrics and tests
         # What this process learnt, bounded: upstream ids (for deletes without a lookup) and the
         # newest revision delivered per event (an older version arriving later is not sent).
-        self._upstream_ids: OrderedDict[str, str] = OrderedDict()
         self._delivered_revision: OrderedDict[str, int] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -428,16 +427,14 @@ class EdFiAdapter:
         response = await self._request("POST", self._resource_url, json=body)
         if response.status_code in (200, 201):
             upstream_id = _id_from_location(response.headers.get("location"))
-            if upstream_id is not None:
-                _remember(self._upstream_ids, item.event_key, upstream_id)
             return DeliveryResult(item.item_id, "delivered", upstream_id=upstream_id)
         return self._refused(item, response, "POST")
 
     async def _remove(self, item: AttendanceItem, key: dict[str, Any]) -> DeliveryResult:
-        """Delete the record of a voided event: by the id we know, else by natural-key lookup."""
-        known = self._upstream_ids.get(item.event_key)
-        if known is not None:
-            result = await self._delete(item, known)
+        """Delete the record of a voided event: by the id its last delivered version got (the
+        outbox keeps it), else by natural-key lookup."""
+        if item.upstream_id is not None:
+            result = await self._delete(item, item.upstream_id)
             if result is not None:
                 return result
         query = {
@@ -461,7 +458,6 @@ class EdFiAdapter:
             result = await self._delete(item, upstream_id)
             if result is not None and result.outcome != "delivered":
                 return result
-        self._upstream_ids.pop(item.event_key, None)
         if not found:
             return DeliveryResult(item.item_id, "delivered",
                                   reason="voided: no record upstream to delete")
@@ -471,10 +467,8 @@ class EdFiAdapter:
         """None: the id is not (or no longer) there."""
         response = await self._request("DELETE", f"{self._resource_url}/{upstream_id}")
         if response.status_code in (200, 204):
-            self._upstream_ids.pop(item.event_key, None)
             return DeliveryResult(item.item_id, "delivered", upstream_id=upstream_id)
         if response.status_code == 404:
-            self._upstream_ids.pop(item.event_key, None)
             return None
         return self._refused(item, response, "DELETE")
 

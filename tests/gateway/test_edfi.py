@@ -116,7 +116,7 @@ _ids = iter(range(1, 1_000_000))
 
 def item(student: str = STUDENTS[0], kind: EventKind = "check_in", *, at: str = "07:05:00",
          change: Change = "created", revision: int = 0, day: str = "2026-03-02",
-         session: str = "morning") -> AttendanceItem:
+         session: str = "morning", upstream_id: str | None = None) -> AttendanceItem:
     at_ms = to_ms(dt.datetime.combine(dt.date.fromisoformat(day), dt.time.fromisoformat(at),
                                       tzinfo=ZONE))
     key = event_key(kind, student, day, session)
@@ -124,7 +124,8 @@ def item(student: str = STUDENTS[0], kind: EventKind = "check_in", *, at: str = 
         item_id=next(_ids), idempotency_key=f"{key}.{revision}", event_key=key,
         revision=revision, change=change, kind=kind,
         school_date=day, session=session, at_ms=at_ms, gate="main",
-        student_id=None if kind == "unknown_card" else student, class_id="6A", attempts=0)
+        student_id=None if kind == "unknown_card" else student, class_id="6A", attempts=0,
+        upstream_id=upstream_id)
 
 
 def outcomes(results: list[DeliveryResult]) -> list[str]:
@@ -430,11 +431,14 @@ async def test_versions_of_one_event_in_one_batch(peer: EdFiPeer, make: AdapterF
 
 async def test_void_deletes_by_known_id(peer: EdFiPeer, make: AdapterFactory) -> None:
     adapter = make()
-    await adapter.deliver([item(kind="late", at="07:40:00"), item(kind="check_in",
-                                                                  at="07:40:00")])
+    late = item(kind="late", at="07:40:00")
+    first = await adapter.deliver([late, item(kind="check_in", at="07:40:00")])
     assert len(peer.records) == 2
-    # a backlog shows an on-time tap: 'late' is voided upstream
-    results = await adapter.deliver([item(kind="late", change="voided", revision=1)])
+    (late_id,) = [r.upstream_id for r in first if r.item_id == late.item_id]
+    assert late_id is not None  # from the Location header; the outbox keeps it
+    # a backlog shows an on-time tap: 'late' is voided upstream, by the id the outbox kept
+    results = await adapter.deliver([item(kind="late", change="voided", revision=1,
+                                          upstream_id=late_id)])
     assert outcomes(results) == ["delivered"]
     assert peer.count("GET") == 0 and peer.count("DELETE", status=204) == 1
     assert [r["attendanceEventCategoryDescriptor"] for r in peer.records.values()] \
@@ -444,7 +448,7 @@ async def test_void_deletes_by_known_id(peer: EdFiPeer, make: AdapterFactory) ->
 async def test_void_after_restart_finds_the_record_by_natural_key(
         peer: EdFiPeer, make: AdapterFactory) -> None:
     await make().deliver([item(kind="absent", at="08:30:00")])
-    restarted = make()  # knows no upstream ids
+    restarted = make()  # the outbox has no id for it (e.g. the answer had no Location)
     results = await restarted.deliver([item(kind="absent", change="voided", revision=1)])
     assert outcomes(results) == ["delivered"]
     (lookup,) = [r for r in peer.requests if r.method == "GET"]

@@ -630,6 +630,21 @@ async def test_a_revision_never_overtakes_the_one_in_flight(
     assert states(read_conn) == {"delivered": 3} and other != event
 
 
+async def test_a_new_version_carries_the_upstream_id_of_the_last_delivered_one(
+        ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock) -> None:
+    """So an adapter can update or delete the upstream record by its id, also after a restart."""
+    adapter = FakeAdapter()
+    events = Events(ingest, ["edfi"], clock)
+    event = await events.create("S1", "late")
+    async with outbox_of(ingest, read_conn, clock, adapter) as service:
+        await step(service.deliveries["edfi"])
+        await events.change(event, void=True)
+        await step(service.deliveries["edfi"])
+    first, void = [i for b in adapter.calls for i in b]
+    assert first.upstream_id is None  # nothing delivered before it
+    assert (void.change, void.upstream_id) == ("voided", f"up-{first.event_key[:6]}")
+
+
 async def test_only_the_newest_pending_version_is_sent(
         ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock) -> None:
     adapter = FakeAdapter()
