@@ -1,22 +1,26 @@
 """What the upstream adapters share: typed reads of a ``[[forward]]`` table's settings (errors
-name ``forward.<name>.<key>``), secret files, and HTTP's Retry-After.
+name ``forward.<name>.<key>``), secret files, HTTP's Retry-After, and sending a batch one item
+at a time to an upstream that has no batch write (``deliver_each``).
 
-Used by ``gateway/forwarders/openemis.py`` and ``gateway/forwarders/relay.py``.
+Used by ``gateway/forwarders/edfi.py``, ``openemis.py`` and ``relay.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
+import logging
 import os
 import ssl
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.config import ConfigError
+from gateway.forwarders import AttendanceItem, DeliveryResult, TargetDown
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 RETRY_AFTER_MAX_S = 86_400.0
@@ -184,3 +188,73 @@ def short(text: str, limit: int = 300) -> str:
     """One line of at most ``limit`` characters, for a parked reason or a log field."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class Throttled(Exception):
+    """A 429 or 503 with Retry-After: this item and the rest of the batch wait."""
+
+    def __init__(self, reason: str, retry_after_s: float | None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+async def deliver_each(name: str, items: Sequence[AttendanceItem], parallel: int,
+                       one: Callable[[AttendanceItem], Awaitable[DeliveryResult]],
+                       log: logging.Logger) -> list[DeliveryResult]:
+    """Deliver ``items`` with ``one`` per item, up to ``parallel`` requests in flight, in the
+    outbox's order.
+
+    Only the newest version of an event in the batch is sent (it carries the whole state); the
+    older ones are answered delivered-superseded. When ``one`` raises ``Throttled`` that item and
+    every item not started yet answer ``retry`` with its Retry-After. A ``TargetDown`` (or any
+    other exception: a bug) stops the batch and is raised once the requests in flight are done.
+    """
+    results: dict[int, DeliveryResult] = {}
+    newest: dict[str, AttendanceItem] = {}
+    for item in items:
+        kept = newest.get(item.event_key)
+        if kept is None or item.revision > kept.revision:
+            newest[item.event_key] = item
+    for item in items:
+        kept = newest[item.event_key]
+        if kept is not item:
+            results[item.item_id] = DeliveryResult(
+                item.item_id, "delivered",
+                reason=f"not sent: superseded by revision {kept.revision} in the same batch")
+    queue = list(newest.values())
+    queue.reverse()  # pop() from the end keeps the outbox's order
+    throttled: Throttled | None = None
+    down: TargetDown | None = None
+    crashed: BaseException | None = None
+
+    async def worker() -> None:
+        nonlocal throttled, down, crashed
+        while queue and down is None and crashed is None:
+            item = queue.pop()
+            if throttled is not None:
+                results[item.item_id] = DeliveryResult(item.item_id, "retry",
+                                                       reason=throttled.reason,
+                                                       retry_after_s=throttled.retry_after_s)
+                continue
+            try:
+                results[item.item_id] = await one(item)
+            except Throttled as exc:
+                throttled = throttled or exc
+                results[item.item_id] = DeliveryResult(item.item_id, "retry", reason=exc.reason,
+                                                       retry_after_s=exc.retry_after_s)
+            except TargetDown as exc:
+                down = down or exc
+            except Exception as exc:  # a bug: let the outbox see it, after the others
+                crashed = crashed or exc
+
+    await asyncio.gather(*(worker() for _ in range(min(parallel, len(queue)))))
+    if crashed is not None:
+        raise crashed
+    if down is not None:
+        log.warning("target down", extra={"target": name, "reason": down.reason})
+        raise down
+    counts: dict[str, int] = {}
+    for result in results.values():
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    log.debug("batch delivered", extra={"target": name, **counts})
+    return [results[item.item_id] for item in items]

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import httpx
 
 from gateway.forwarders import AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
-from gateway.forwarders._common import Settings, retry_after_s, short
+from gateway.forwarders._common import Settings, Throttled, deliver_each, retry_after_s, short
 from gateway.types import Clock
 
 log = logging.getLogger("gateway.forward.openemis")
@@ -322,24 +322,8 @@ class _Token:
     refresh_at_ms: int | None  # None: no exp claim, used until refused
 
 
-class _Throttled(Exception):
-    """A 429 or 503 with Retry-After: this item and the rest of the batch wait."""
-
-    def __init__(self, reason: str, retry_after_s: float | None) -> None:
-        super().__init__(reason)
-        self.reason, self.retry_after_s = reason, retry_after_s
-
-
 class _Unmapped(Exception):
     """The item cannot be placed in OpenEMIS (mapping or configuration): park it."""
-
-
-@dataclass
-class _Batch:
-    results: dict[int, DeliveryResult] = field(default_factory=dict)
-    throttled: _Throttled | None = None
-    down: TargetDown | None = None
-    crashed: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -404,47 +388,10 @@ class OpenEmisAdapter:
     # --- deliver -------------------------------------------------------------------------------
 
     async def deliver(self, items: Sequence[AttendanceItem]) -> list[DeliveryResult]:
-        batch = _Batch()
-        newest: dict[str, AttendanceItem] = {}
-        for item in items:
-            kept = newest.get(item.event_key)
-            if kept is None or item.revision > kept.revision:
-                newest[item.event_key] = item
-        for item in items:
-            kept = newest[item.event_key]
-            if kept is not item:
-                batch.results[item.item_id] = DeliveryResult(
-                    item.item_id, "delivered",
-                    reason=f"not sent: superseded by revision {kept.revision} in the same batch")
-        queue = list(newest.values())
-        queue.reverse()  # pop() from the end keeps the outbox's order
+        return await deliver_each(self.name, items, self.settings.parallel, self._deliver_one,
+                                  log)
 
-        async def worker() -> None:
-            while queue and batch.down is None and batch.crashed is None:
-                item = queue.pop()
-                try:
-                    batch.results[item.item_id] = await self._deliver_one(item, batch)
-                except TargetDown as exc:
-                    batch.down = batch.down or exc
-                except Exception as exc:  # a bug: let the outbox see it, after the others
-                    batch.crashed = batch.crashed or exc
-
-        await asyncio.gather(*(worker() for _ in range(min(self.settings.parallel, len(queue)))))
-        if batch.crashed is not None:
-            raise batch.crashed
-        if batch.down is not None:
-            log.warning("target down", extra={"target": self.name, "reason": batch.down.reason})
-            raise batch.down
-        counts: dict[str, int] = {}
-        for result in batch.results.values():
-            counts[result.outcome] = counts.get(result.outcome, 0) + 1
-        log.debug("batch delivered", extra={"target": self.name, **counts})
-        return [batch.results[item.item_id] for item in items]
-
-    async def _deliver_one(self, item: AttendanceItem, batch: _Batch) -> DeliveryResult:
-        if batch.throttled is not None:
-            return DeliveryResult(item.item_id, "retry", reason=batch.throttled.reason,
-                                  retry_after_s=batch.throttled.retry_after_s)
+    async def _deliver_one(self, item: AttendanceItem) -> DeliveryResult:
         try:
             if item.kind in ("late", "absent"):
                 return await self._absence(item)
@@ -454,10 +401,6 @@ class OpenEmisAdapter:
                     "not sent: OpenEMIS records attendance by exception"))
             return DeliveryResult(item.item_id, "delivered", reason=(
                 f"not sent: OpenEMIS has no record for {item.kind}"))
-        except _Throttled as exc:
-            batch.throttled = batch.throttled or exc
-            return DeliveryResult(item.item_id, "retry", reason=exc.reason,
-                                  retry_after_s=exc.retry_after_s)
         except _Unmapped as exc:
             return DeliveryResult(item.item_id, "parked", reason=str(exc))
 
@@ -635,7 +578,7 @@ class OpenEmisAdapter:
 
     async def _request(self, method: Method, url: str, *, json: Any = None) -> httpx.Response:
         """One request with a valid bearer token, logging in again once on 401. Raises
-        TargetDown (unreachable, 5xx, credentials refused) or _Throttled (429, 503+Retry-After)."""
+        TargetDown (unreachable, 5xx, credentials refused) or Throttled (429, 503+Retry-After)."""
         token = await self._bearer(stale=None)
         response = await self._send(method, url, token, json)
         if response.status_code == 401:
@@ -646,7 +589,7 @@ class OpenEmisAdapter:
         status = response.status_code
         if status == 429 or (status == 503 and "retry-after" in response.headers):
             delay = retry_after_s(response.headers.get("retry-after"), self._clock())
-            raise _Throttled(f"OpenEMIS asked to slow down ({status})", delay)
+            raise Throttled(f"OpenEMIS asked to slow down ({status})", delay)
         if status >= 500:
             raise TargetDown(f"{method} answered {status}")
         return response
