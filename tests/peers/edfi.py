@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from tests.peers import LoopbackServer
+
 RESOURCE_PATH = "/data/v3/ed-fi/studentSchoolAttendanceEvents"
 TOKEN_PATH = "/oauth/token"
 NAMESPACE = "uri://ed-fi.org/AttendanceEventCategoryDescriptor"
@@ -74,7 +76,7 @@ class Recorded:
 
 
 @dataclass
-class EdFiPeer:
+class EdFiPeer(LoopbackServer):
     client_id: str = "attendance-gateway"
     client_secret: str = "s3cr3t-for-tests"
     token_ttl_s: float = 2.0
@@ -91,8 +93,6 @@ class EdFiPeer:
         self._tokens: dict[str, float] = {}  # token -> expiry on self.clock
         self._by_key: dict[NaturalKey, str] = {}
         self._faults: deque[Fault] = deque()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # --- life ------------------------------------------------------------------------------
 
@@ -100,30 +100,14 @@ class EdFiPeer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> EdFiPeer:
+    def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_post(TOKEN_PATH, self._token)
         app.router.add_post(RESOURCE_PATH, self._post)
         app.router.add_get(RESOURCE_PATH, self._list)
         app.router.add_get(RESOURCE_PATH + "/{id}", self._get)
         app.router.add_delete(RESOURCE_PATH + "/{id}", self._delete)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> EdFiPeer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return app
 
     # --- test controls ----------------------------------------------------------------------
 

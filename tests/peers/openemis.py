@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from tests.peers import LoopbackServer
+
 LOGIN_PATH = "/api/login"
 ABSENCES_PATH = "/api/v5/institution-student-absence-details"
 MARKED_PATH = "/api/v5/student-attendance-marked-records"
@@ -71,7 +73,7 @@ class Recorded:
 
 
 @dataclass
-class OpenEmisPeer:
+class OpenEmisPeer(LoopbackServer):
     username: str = "gateway-api"
     password: str = "pa55-for-tests"
     api_key: str = "api-key-for-tests"
@@ -90,14 +92,12 @@ class OpenEmisPeer:
         self._secret = secrets.token_bytes(32)
         self._generation = 0  # tokens of an older generation are revoked
         self._faults: deque[Fault] = deque()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> OpenEmisPeer:
+    def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_post(LOGIN_PATH, self._login)
         app.router.add_post(ABSENCES_PATH, self._post_absence)
@@ -105,22 +105,7 @@ class OpenEmisPeer:
         app.router.add_put(_ROW_PATH, self._put_row)
         app.router.add_delete(_ROW_PATH, self._delete_row)
         app.router.add_post(MARKED_PATH, self._post_marked)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> OpenEmisPeer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return app
 
     # --- test controls ----------------------------------------------------------------------
 

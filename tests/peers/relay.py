@@ -30,6 +30,8 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from tests.peers import LoopbackServer
+
 PATH = "/relay/v1/batches"
 FORMAT = "attendance-relay-batch/1"
 MAX_BYTES = 4 * 1024 * 1024
@@ -54,7 +56,7 @@ class Recorded:
 
 
 @dataclass
-class RelayPeer:
+class RelayPeer(LoopbackServer):
     keys: dict[tuple[str, str], Ed25519PublicKey] = field(default_factory=dict)
     reject_students: set[str] = field(default_factory=set)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # idempotency_key -> event
@@ -63,32 +65,15 @@ class RelayPeer:
     def __post_init__(self) -> None:
         self._batches: dict[tuple[str, str], tuple[bytes, dict[str, Any]]] = {}
         self._faults: deque[Fault] = deque()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{PATH}"
 
-    async def start(self) -> RelayPeer:
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BYTES + 1024)
         app.router.add_post(PATH, self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = int(self._runner.addresses[0][1])
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> RelayPeer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return app
 
     def register(self, school_id: str, public_raw: bytes) -> str:
         """File a school's public key; returns its key id (SHA-256 of the raw key, 16 hex)."""
