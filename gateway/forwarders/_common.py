@@ -2,7 +2,8 @@
 name ``forward.<name>.<key>``), secret files, HTTP's Retry-After, and sending a batch one item
 at a time to an upstream that has no batch write (``deliver_each``).
 
-Used by ``gateway/forwarders/edfi.py``, ``openemis.py`` and ``relay.py``.
+Used by ``gateway/forwarders/edfi.py``, ``openemis.py`` and ``relay.py``, and by the
+parent-notification channels (``gateway/channels``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ssl
 import stat
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import ConfigError
@@ -198,30 +199,45 @@ class Throttled(Exception):
         self.reason, self.retry_after_s = reason, retry_after_s
 
 
-async def deliver_each(name: str, items: Sequence[AttendanceItem], parallel: int,
-                       one: Callable[[AttendanceItem], Awaitable[DeliveryResult]],
+class Deliverable(Protocol):
+    """What ``deliver_each`` needs of an item: the outbox row it answers."""
+
+    @property
+    def item_id(self) -> int: ...
+
+
+_Item = TypeVar("_Item", bound=Deliverable)
+
+
+async def deliver_each(name: str, items: Sequence[_Item], parallel: int,
+                       one: Callable[[_Item], Awaitable[DeliveryResult]],
                        log: logging.Logger) -> list[DeliveryResult]:
     """Deliver ``items`` with ``one`` per item, up to ``parallel`` requests in flight, in the
-    outbox's order.
+    outbox's order. Items are attendance items (forwarders) or anything with an ``item_id``
+    (parent-notification messages, ``gateway/channels``).
 
-    Only the newest version of an event in the batch is sent (it carries the whole state); the
-    older ones are answered delivered-superseded. When ``one`` raises ``Throttled`` that item and
-    every item not started yet answer ``retry`` with its Retry-After. A ``TargetDown`` (or any
-    other exception: a bug) stops the batch and is raised once the requests in flight are done.
+    Of attendance items, only the newest version of an event in the batch is sent (it carries
+    the whole state); the older ones are answered delivered-superseded. When ``one`` raises
+    ``Throttled`` that item and every item not started yet answer ``retry`` with its
+    Retry-After. A ``TargetDown`` (or any other exception: a bug) stops the batch and is raised
+    once the requests in flight are done.
     """
     results: dict[int, DeliveryResult] = {}
     newest: dict[str, AttendanceItem] = {}
     for item in items:
-        kept = newest.get(item.event_key)
-        if kept is None or item.revision > kept.revision:
-            newest[item.event_key] = item
+        if isinstance(item, AttendanceItem):
+            kept = newest.get(item.event_key)
+            if kept is None or item.revision > kept.revision:
+                newest[item.event_key] = item
+    queue: list[_Item] = []
     for item in items:
-        kept = newest[item.event_key]
-        if kept is not item:
+        if isinstance(item, AttendanceItem) and newest[item.event_key] is not item:
+            kept = newest[item.event_key]
             results[item.item_id] = DeliveryResult(
                 item.item_id, "delivered",
                 reason=f"not sent: superseded by revision {kept.revision} in the same batch")
-    queue = list(newest.values())
+        else:
+            queue.append(item)
     queue.reverse()  # pop() from the end keeps the outbox's order
     throttled: Throttled | None = None
     down: TargetDown | None = None
