@@ -52,6 +52,28 @@ max_batch = 50             # items per request
 concurrency = 2            # requests in flight
 base_url = "https://..."   # every other key goes to the adapter as `settings`
 client_secret_file = "/etc/attendance/edfi.secret"
+
+[notify]                   # parent notifications (gateway/notify.py, docs/notifications.md)
+guardian_channel = "zalo"  # the [[notify.channel]] guardians' messages go through
+kinds = ["check_in", "check_out", "late", "absent"]   # the school's opt-in, per kind
+daily_cap = 8              # messages per guardian per school day
+max_delay_min = 120        # an event decided later than this after its time sends nothing
+default_locale = "vi"
+[notify.quiet_hours]
+start = "21:00"
+end = "06:00"
+hold = ["absent", "unknown_card"]   # held to the end; the other kinds are dropped
+[notify.staff]             # unknown cards go to this recipient only
+channel = "ops"
+phone = "84901234567"      # optional
+[notify.templates.vi]      # placeholders: {student} {class} {time} {date} {gate} {session}
+check_in = "{student} ({class}) đã đến trường lúc {time}."      # {school} {card}
+[notify.zalo.check_in]     # a ZNS template per kind: id and its parameters
+template_id = "231456"
+data = { student_name = "{student}", class_name = "{class}", time = "{time}" }
+[[notify.channel]]         # gateway/channels/<type>.py; other keys are its settings
+name = "zalo"
+type = "zalo"
 ```
 
 Relative paths are relative to the configuration file (in a ``[[forward]]`` table: the settings
@@ -66,14 +88,17 @@ import importlib.util
 import itertools
 import pkgutil
 import re
+import string
 import tomllib
 import types
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import forwarders
+from gateway import channels, forwarders
+from gateway.channels import ChannelConfig
 from gateway.forwarders import ForwardTarget
 from protocol import topics
 from protocol.errors import ProtocolError
@@ -141,6 +166,70 @@ class ExportConfig:
     zip: bool = False
 
 
+NOTIFY_KINDS = ("check_in", "check_out", "late", "absent", "unknown_card")
+LOCALES = ("vi", "en")
+PLACEHOLDERS = ("student", "class", "time", "date", "gate", "session", "school", "card")
+DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
+    "vi": {
+        "check_in": "{student} (lớp {class}) đã đến trường lúc {time} ngày {date}, cổng {gate}.",
+        "late": "{student} (lớp {class}) đến trường muộn lúc {time} ngày {date}, cổng {gate}.",
+        "check_out": "{student} (lớp {class}) đã ra về lúc {time} ngày {date}, cổng {gate}.",
+        "absent": "{student} (lớp {class}) chưa đến trường ngày {date} "
+                  "(tính đến {time}).",
+        "unknown_card": "Thẻ chưa đăng ký {card} được quẹt lúc {time} ngày {date}, "
+                        "cổng {gate}.",
+    },
+    "en": {
+        "check_in": "{student} (class {class}) arrived at school at {time} on {date}, "
+                    "gate {gate}.",
+        "late": "{student} (class {class}) arrived late at {time} on {date}, gate {gate}.",
+        "check_out": "{student} (class {class}) left school at {time} on {date}, gate {gate}.",
+        "absent": "{student} (class {class}) has not arrived at school on {date} "
+                  "(as of {time}).",
+        "unknown_card": "Unregistered card {card} tapped at {time} on {date}, gate {gate}.",
+    },
+}
+CHANNEL_KEYS = ("name", "type", "enabled", "max_batch", "concurrency")
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: dt.time
+    end: dt.time  # may be before start: the window crosses midnight
+    hold: frozenset[str] = frozenset({"absent", "unknown_card"})
+
+
+@dataclass(frozen=True)
+class StaffRecipient:
+    channel: str
+    phone: str | None = None
+    locale: str = "vi"
+
+
+@dataclass(frozen=True)
+class ZaloTemplate:
+    template_id: str
+    data: Mapping[str, str]  # template parameter -> text with placeholders
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The ``[notify]`` table; ``enabled`` is False without one."""
+
+    enabled: bool = False
+    guardian_channel: str | None = None
+    kinds: frozenset[str] = frozenset({"check_in", "check_out", "late", "absent"})
+    daily_cap: int = 8
+    max_delay_min: int = 120
+    default_locale: str = "vi"
+    quiet_hours: QuietHours | None = None
+    staff: StaffRecipient | None = None
+    templates: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: types.MappingProxyType(DEFAULT_TEMPLATES))
+    zalo: Mapping[str, ZaloTemplate] = field(default_factory=dict)
+    channels: tuple[ChannelConfig, ...] = ()
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     school: str
@@ -155,6 +244,7 @@ class GatewayConfig:
     forward: tuple[ForwardTarget, ...] = ()
     path: Path | None = None  # the file it was read from
     export: ExportConfig = field(default_factory=ExportConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def client_id(self) -> str:
@@ -361,6 +451,141 @@ def _forward(root: _Section) -> tuple[ForwardTarget, ...]:
     return tuple(targets)
 
 
+def check_template(section: _Section, name: str, text: object) -> str:
+    """A template text with only known ``{placeholder}`` fields (no attributes, indexes,
+    conversions or format specs: the text comes from a file, the values from the roster)."""
+    if not isinstance(text, str) or not text.strip():
+        raise section.error(name, "must be a non-empty string")
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise section.error(name, f"is not a valid template ({exc}); write {{{{ for a "
+                                  f"brace") from None
+    for _literal, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if field_name not in PLACEHOLDERS:
+            raise section.error(name, f"unknown placeholder {{{field_name}}}; one of "
+                                      + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+        if spec or conversion:
+            raise section.error(name, f"placeholder {{{field_name}}} takes no format")
+    return text
+
+
+def _channel_type_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"{channels.__name__}.{name}") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _kinds(section: _Section, name: str, default: list[str]) -> frozenset[str]:
+    values = section.strings(name, default)
+    for value in values:
+        if value not in NOTIFY_KINDS:
+            raise section.error(name, f"{value!r} is not one of {', '.join(NOTIFY_KINDS)}")
+    return frozenset(values)
+
+
+def _locale(section: _Section, name: str, default: str) -> str:
+    value = section.text(name, default)
+    if value not in LOCALES:
+        raise section.error(name, f"must be one of {', '.join(LOCALES)}, not {value!r}")
+    return value
+
+
+def _notify(root: _Section) -> NotifyConfig:
+    if "notify" not in root._table:
+        return NotifyConfig()
+    section = root.table("notify")
+    section.check_known("enabled", "guardian_channel", "kinds", "daily_cap", "max_delay_min",
+                        "default_locale", "quiet_hours", "staff", "templates", "zalo",
+                        "channel")
+    found: list[ChannelConfig] = []
+    for numbered in section.tables("channel"):
+        name = numbered.text("name")
+        if not FORWARD_NAME.fullmatch(name):
+            raise numbered.error("name", f"must be 1-32 characters a-z 0-9 _ - (not starting "
+                                         f"with _ or -), not {name!r}")
+        table = _Section(numbered._path, f"notify.channel.{name}", numbered._table)
+        if any(c.name == name for c in found):
+            raise table.error("name", "is used by two [[notify.channel]] tables")
+        kind = table.text("type")
+        if not FORWARD_TYPE.fullmatch(kind) or not _channel_type_exists(kind):
+            raise table.error("type", f"unknown channel type {kind!r}")
+        settings: dict[str, Any] = {}
+        for key, value in table._table.items():
+            if key in CHANNEL_KEYS:
+                continue
+            if key.endswith("_file") and isinstance(value, str) and value:
+                value = str(table.path(key))
+            settings[key] = value
+        found.append(ChannelConfig(
+            name=name, type=kind, settings=types.MappingProxyType(settings),
+            max_batch=table.integer("max_batch", 20, 1, 1000),
+            concurrency=table.integer("concurrency", 2, 1, 16),
+            enabled=table.boolean("enabled", True)))
+    names = {c.name for c in found}
+    guardian_channel = section.optional_text("guardian_channel")
+    if guardian_channel is not None and guardian_channel not in names:
+        raise section.error("guardian_channel", f"no [[notify.channel]] named "
+                                                f"{guardian_channel!r}")
+    quiet = None
+    if "quiet_hours" in section._table:
+        q = section.table("quiet_hours")
+        q.check_known("start", "end", "hold")
+        quiet = QuietHours(q.clock_time("start"), q.clock_time("end"),
+                           _kinds(q, "hold", ["absent", "unknown_card"]))
+        if quiet.start == quiet.end:
+            raise q.error("end", "must differ from start")
+    staff = None
+    if "staff" in section._table:
+        st = section.table("staff")
+        st.check_known("channel", "phone", "locale")
+        channel = st.text("channel")
+        if channel not in names:
+            raise st.error("channel", f"no [[notify.channel]] named {channel!r}")
+        phone = st.optional_text("phone")
+        if phone is not None and not (phone.isdecimal() and 9 <= len(phone) <= 15):
+            raise st.error("phone", "must be digits in international form without + "
+                                    "(84...)")
+        staff = StaffRecipient(channel, phone, _locale(st, "locale", "vi"))
+    templates = {locale: dict(texts) for locale, texts in DEFAULT_TEMPLATES.items()}
+    tpl = section.table("templates")
+    tpl.check_known(*LOCALES)
+    for locale in LOCALES:
+        texts = tpl.table(locale)
+        texts.check_known(*NOTIFY_KINDS)
+        for kind in NOTIFY_KINDS:
+            if kind in texts._table:
+                templates[locale][kind] = check_template(texts, kind, texts._table[kind])
+    zalo: dict[str, ZaloTemplate] = {}
+    zs = section.table("zalo")
+    zs.check_known(*NOTIFY_KINDS)
+    for kind in NOTIFY_KINDS:
+        if kind not in zs._table:
+            continue
+        one = zs.table(kind)
+        one.check_known("template_id", "data")
+        data = one.table("data")
+        zalo[kind] = ZaloTemplate(one.text("template_id"), types.MappingProxyType(
+            {key: check_template(data, key, value) for key, value in data._table.items()}))
+    return NotifyConfig(
+        enabled=section.boolean("enabled", True),
+        guardian_channel=guardian_channel,
+        kinds=_kinds(section, "kinds", ["check_in", "check_out", "late", "absent"]),
+        daily_cap=section.integer("daily_cap", 8, 0, 1000),
+        max_delay_min=section.integer("max_delay_min", 120, 0, 7 * 24 * 60),
+        default_locale=_locale(section, "default_locale", "vi"),
+        quiet_hours=quiet,
+        staff=staff,
+        templates=types.MappingProxyType(
+            {k: types.MappingProxyType(v) for k, v in templates.items()}),
+        zalo=types.MappingProxyType(zalo),
+        channels=tuple(found),
+    )
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate the gateway configuration at ``path``."""
     try:
@@ -373,7 +598,7 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(path, "(file)", f"is not valid TOML: {exc}") from None
     root = _Section(path, "", raw)
     root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics",
-                     "export", "forward")
+                     "export", "forward", "notify")
     gateway = root.table("gateway")
     gateway.check_known("school", "database", "master_key_file", "timezone")
     school = gateway.text("school")
@@ -417,4 +642,5 @@ def load_config(path: Path) -> GatewayConfig:
         export=_export(root.table("export")),
         forward=_forward(root),
         path=path,
+        notify=_notify(root),
     )

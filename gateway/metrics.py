@@ -84,25 +84,30 @@ class OutboxSeen:
 
 
 class _OutboxCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Mapping[str, OutboxSeen]], clock: Clock) -> None:
+    """The gauges of one queue: ``attendance_outbox_*`` by ``target`` (forwarding) or
+    ``attendance_notify_*`` by ``channel`` (notifications, gateway/notify.py)."""
+
+    def __init__(self, snapshot: Callable[[], Mapping[str, OutboxSeen]], clock: Clock,
+                 family: str = "outbox") -> None:
         self._snapshot = snapshot
         self._clock = clock
+        self._prefix = f"attendance_{family}"
+        self._label = "target" if family == "outbox" else "channel"
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         now = self._clock()
         seen = dict(self._snapshot())
-        pending = GaugeMetricFamily("attendance_outbox_pending",
-                                    "Items waiting for delivery", labels=["target"])
-        parked = GaugeMetricFamily("attendance_outbox_parked",
-                                   "Items parked until an operator retries them",
-                                   labels=["target"])
-        age = GaugeMetricFamily("attendance_outbox_oldest_pending_age_seconds",
-                                "Age of the oldest pending item (0: none)", labels=["target"])
-        paused = GaugeMetricFamily("attendance_outbox_paused", "1 while paused by an operator",
-                                   labels=["target"])
-        breaker = GaugeMetricFamily("attendance_outbox_breaker_state",
+        p, lab = self._prefix, self._label
+        pending = GaugeMetricFamily(f"{p}_pending", "Items waiting for delivery", labels=[lab])
+        parked = GaugeMetricFamily(f"{p}_parked",
+                                   "Items parked until an operator retries them", labels=[lab])
+        age = GaugeMetricFamily(f"{p}_oldest_pending_age_seconds",
+                                "Age of the oldest pending item (0: none)", labels=[lab])
+        paused = GaugeMetricFamily(f"{p}_paused", "1 while paused by an operator",
+                                   labels=[lab])
+        breaker = GaugeMetricFamily(f"{p}_breaker_state",
                                     "1 for the target's circuit breaker state",
-                                    labels=["target", "state"])
+                                    labels=[lab, "state"])
         for target, s in sorted(seen.items()):
             pending.add_metric([target], s.pending)
             parked.add_metric([target], s.parked)
@@ -112,6 +117,19 @@ class _OutboxCollector(Collector):
             for state in _BREAKER_STATES:
                 breaker.add_metric([target, state], 1.0 if s.breaker == state else 0.0)
         return [pending, parked, age, paused, breaker]
+
+
+@dataclass(frozen=True)
+class DeliveryCounters:
+    """The counters of one delivery queue (gateway/outbox.py serves forwarding and
+    notifications with one loop), labelled by target or channel."""
+
+    enqueued: Counter
+    delivered: Counter
+    retried: Counter
+    parked: Counter
+    superseded: Counter
+    target_failures: Counter
 
 
 class GatewayMetrics:
@@ -194,13 +212,41 @@ class GatewayMetrics:
             "Deliveries that failed as a whole (target down, adapter error)", ["target"],
             registry=r)
 
+        self.notify_decisions = Counter(
+            "attendance_notify_decisions",
+            "Notification decisions per (event, guardian), by outcome (queued, held, skipped) "
+            "and reason (gateway/notify.py)", ["outcome", "reason"], registry=r)
+        self._notify = DeliveryCounters(
+            Counter("attendance_notify_messages_enqueued", "Messages committed for delivery",
+                    ["channel"], registry=r),
+            Counter("attendance_notify_messages_delivered", "Messages the channel accepted",
+                    ["channel"], registry=r),
+            Counter("attendance_notify_messages_retried", "Message attempts to be retried",
+                    ["channel"], registry=r),
+            Counter("attendance_notify_messages_parked",
+                    "Messages the channel refused for good (parked)", ["channel"], registry=r),
+            Counter("attendance_notify_messages_cancelled",
+                    "Messages cancelled before delivery (consent withdrawn, guardian removed, "
+                    "event voided)", ["channel"], registry=r),
+            Counter("attendance_notify_channel_failures",
+                    "Deliveries that failed as a whole (channel down, channel error)",
+                    ["channel"], registry=r))
+
+    def counters(self, family: str) -> DeliveryCounters:
+        """The counters of a delivery queue: ``outbox`` (forwarding) or ``notify``."""
+        if family == "notify":
+            return self._notify
+        return DeliveryCounters(self.outbox_enqueued, self.outbox_delivered,
+                                self.outbox_retried, self.outbox_parked, self.outbox_superseded,
+                                self.outbox_target_failures)
+
     def watch_readers(self, snapshot: Callable[[], Mapping[int, ReaderSeen]],
                       clock: Clock) -> None:
         self.registry.register(_ReaderCollector(snapshot, clock))
 
     def watch_outbox(self, snapshot: Callable[[], Mapping[str, OutboxSeen]],
-                     clock: Clock) -> None:
-        self.registry.register(_OutboxCollector(snapshot, clock))
+                     clock: Clock, family: str = "outbox") -> None:
+        self.registry.register(_OutboxCollector(snapshot, clock, family))
 
 
 class MetricsServer:

@@ -32,8 +32,9 @@ INSERT.
 whole-batch failures it opens: nothing is sent for a cool-down (``gateway/retry.py`` backoff from
 ``breaker_cooldown_s`` up to ``breaker_cooldown_cap_s``). Then half-open: one probe batch of at
 most ``probe_batch`` items; if the adapter answers (whatever each item's outcome) the breaker
-closes, otherwise it opens again for a longer cool-down. Its state is kept in ``outbox_targets``
-for the CLI and survives restarts.
+closes, and the items still waiting out the backoff of failed probes are due at once; otherwise it
+opens again for a longer cool-down. Its state is kept in ``outbox_targets`` for the CLI and
+survives restarts.
 
 **Order and coalescing.** Items are picked by event, then revision, and never while another item
 of the same event is in flight. Only an event's *current* version is sent: a pending item whose
@@ -72,13 +73,13 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from gateway import forwarders
 from gateway.config import ConfigError, forward_types
 from gateway.db import atomic
 from gateway.forwarders import Adapter, AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
-from gateway.metrics import GatewayMetrics, OutboxSeen
+from gateway.metrics import DeliveryCounters, GatewayMetrics, OutboxSeen
 from gateway.retry import Backoff
 from gateway.rules import EventChange
 from gateway.types import Clock, TransactionRunner, system_clock
@@ -94,6 +95,33 @@ REASON_MAX = 500  # characters of an upstream's reason kept (parked_reason, last
 RETRY_AFTER_MAX_S = 86_400.0  # a longer Retry-After is taken as a day
 PRUNE_EVERY_S = 3600.0
 _T = TypeVar("_T")
+
+
+class QueuedItem(Protocol):
+    """What the delivery loop needs of an item, whatever its queue: forwarding's
+    ``AttendanceItem``, the notifier's ``gateway.channels.Message``."""
+
+    @property
+    def item_id(self) -> int: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+
+_I = TypeVar("_I", bound=QueuedItem)
+_I_contra = TypeVar("_I_contra", bound=QueuedItem, contravariant=True)
+
+
+class Sender(Protocol[_I_contra]):
+    """Who delivers a queue's items: a forwarding ``Adapter`` or a notification ``Channel``."""
+
+    name: str
+    max_batch: int
+    concurrency: int
+
+    async def deliver(self, items: Sequence[_I_contra]) -> list[DeliveryResult]: ...
+
+    async def close(self) -> None: ...
 
 
 class OutboxError(Exception):
@@ -183,16 +211,18 @@ _PICK = (
 
 
 @dataclass(frozen=True)
-class Picked:
-    """Due items to send, in order, and due items older than their event's current version."""
+class Picked(Generic[_I]):
+    """Due items to send, in order, and due items older than their event's current version
+    (or, in another queue, no longer to be sent: the store's ``supersede`` settles them)."""
 
-    items: list[AttendanceItem] = field(default_factory=list)
+    items: list[_I] = field(default_factory=list)
     events: dict[int, int] = field(default_factory=dict)  # item id -> event id, of ``items``
     stale: list[int] = field(default_factory=list)  # item ids to supersede
 
 
 def pick(conn: sqlite3.Connection, target: str, now_ms: int, limit: int, *,
-         exclude_items: Sequence[int] = (), exclude_events: Sequence[int] = ()) -> Picked:
+         exclude_items: Sequence[int] = (), exclude_events: Sequence[int] = ()
+         ) -> Picked[AttendanceItem]:
     """Up to ``limit`` due pending items of ``target``, by event then revision, leaving out the
     items and the events already in flight."""
     exclude = ""
@@ -204,7 +234,7 @@ def pick(conn: sqlite3.Connection, target: str, now_ms: int, limit: int, *,
         exclude += f"AND o.event_id NOT IN ({','.join('?' * len(exclude_events))}) "
         args.extend(exclude_events)
     args.append(limit)
-    out = Picked()
+    out: Picked[AttendanceItem] = Picked()
     for r in conn.execute(_PICK.format(exclude=exclude), args):
         if int(r[3]) < int(r[7]):
             out.stale.append(int(r[0]))
@@ -248,10 +278,10 @@ def supersede(conn: sqlite3.Connection, target: str, item_ids: Sequence[int],
 # -- recording what became of a batch (the writer) ---------------------------------------------
 
 @dataclass(frozen=True)
-class Settled:
+class Settled(Generic[_I]):
     """What to write for one item of a batch."""
 
-    item: AttendanceItem
+    item: _I
     outcome: Literal["delivered", "retry", "parked"]
     reason: str | None = None
     next_attempt_ms: int | None = None  # retry
@@ -272,20 +302,20 @@ class BreakerRow:
 
 
 @dataclass
-class Recorded:
+class Recorded(Generic[_I]):
     """What :func:`record` changed (rows still pending when it ran)."""
 
-    delivered: list[Settled] = field(default_factory=list)
-    retried: list[Settled] = field(default_factory=list)
-    parked: list[Settled] = field(default_factory=list)
+    delivered: list[Settled[_I]] = field(default_factory=list)
+    retried: list[Settled[_I]] = field(default_factory=list)
+    parked: list[Settled[_I]] = field(default_factory=list)
     superseded: int = 0  # parked older versions of the events delivered or parked now
 
 
-def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled], now_ms: int,
-           breaker: BreakerRow | None = None) -> Recorded:
+def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[AttendanceItem]],
+           now_ms: int, breaker: BreakerRow | None = None) -> Recorded[AttendanceItem]:
     """Write a batch's outcomes (and the target's breaker, when given) in one transaction. Only
     pending rows change: an item settled meanwhile (it cannot be, while in flight) is left."""
-    out = Recorded()
+    out: Recorded[AttendanceItem] = Recorded()
     with atomic(conn, "outbox"):
         for s in settled:
             if s.outcome == "delivered":
@@ -319,13 +349,31 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled], no
                     (now_ms, target, s.item.item_id, s.item.revision)).rowcount
                 out.superseded += superseded
         if breaker is not None:
+            was = conn.execute("SELECT breaker FROM outbox_targets WHERE target = ?",
+                               (target,)).fetchone()
             save_breaker(conn, target, breaker, now_ms)
+            if breaker.state == "closed" and was is not None and was[0] != "closed":
+                # The probe answered: the target is back. Items still waiting out the backoff
+                # of failures that were the target's (the failed probes') are due now, not up
+                # to retry_cap_s later; the batch just settled keeps what it was told.
+                batch = [s.item.item_id for s in settled]
+                released = conn.execute(
+                    "UPDATE outbox SET next_attempt_ms = ? WHERE target = ? AND state = "
+                    f"'pending' AND next_attempt_ms > ? AND item_id NOT IN "
+                    f"({','.join('?' * len(batch))})",
+                    (now_ms, target, now_ms, *batch)).rowcount
+                if released:
+                    log.info("outbox target back: items waiting to be retried are due now",
+                             extra={"target": target, "items": released})
     return out
 
 
-def save_breaker(conn: sqlite3.Connection, target: str, b: BreakerRow, now_ms: int) -> None:
+def save_breaker(conn: sqlite3.Connection, target: str, b: BreakerRow, now_ms: int, *,
+                 table: str = "outbox_targets") -> None:
+    """Store a target's breaker in ``table`` (``outbox_targets``, or another queue's table of
+    the same shape, e.g. ``notify_channels``)."""
     conn.execute(
-        "INSERT INTO outbox_targets (target, breaker, breaker_opened_ms, breaker_probe_ms, "
+        f"INSERT INTO {table} (target, breaker, breaker_opened_ms, breaker_probe_ms, "
         "consecutive_failures, last_error, last_failure_ms, last_success_ms, updated_ms) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET "
         "breaker = excluded.breaker, breaker_opened_ms = excluded.breaker_opened_ms, "
@@ -353,14 +401,14 @@ def _retry_after_ms(seconds: float | None) -> int:
     return int(min(seconds, RETRY_AFTER_MAX_S) * 1000)
 
 
-def settle(batch: Sequence[AttendanceItem], results: Sequence[DeliveryResult] | None,
+def settle(batch: Sequence[_I], results: Sequence[DeliveryResult] | None,
            failure: str | None, now_ms: int, delay_s: Callable[[int], float],
-           retry_after_s: float | None = None) -> list[Settled]:
+           retry_after_s: float | None = None) -> list[Settled[_I]]:
     """Each item's fate from the adapter's answer: ``results``, or a whole-batch ``failure``
     (TargetDown, an exception). ``delay_s(failed_attempts)`` is the backoff; a retry waits at
     least its Retry-After. An item without a result is retried; results for other items and
     repeats are ignored."""
-    def retry(item: AttendanceItem, reason: str, after_s: float | None) -> Settled:
+    def retry(item: _I, reason: str, after_s: float | None) -> Settled[_I]:
         wait_ms = max(int(delay_s(item.attempts + 1) * 1000), _retry_after_ms(after_s))
         return Settled(item, "retry", reason, now_ms + wait_ms)
 
@@ -369,7 +417,7 @@ def settle(batch: Sequence[AttendanceItem], results: Sequence[DeliveryResult] | 
     by_id: dict[int, DeliveryResult] = {}
     for result in results:
         by_id.setdefault(result.item_id, result)
-    out = []
+    out: list[Settled[_I]] = []
     for item in batch:
         r = by_id.get(item.item_id)
         if r is None:
@@ -481,16 +529,17 @@ def retry_parked(conn: sqlite3.Connection, target: str, item_ids: Sequence[int] 
         return wanted
 
 
-def set_paused(conn: sqlite3.Connection, target: str, paused: bool, now_ms: int) -> bool:
+def set_paused(conn: sqlite3.Connection, target: str, paused: bool, now_ms: int, *,
+               table: str = "outbox_targets") -> bool:
     """Pause or resume ``target``; False if it already was. The running gateway stops picking
     (batches in flight finish) or resumes within ``poll_s``."""
     with atomic(conn, "outbox"):
-        row = conn.execute("SELECT paused FROM outbox_targets WHERE target = ?",
+        row = conn.execute(f"SELECT paused FROM {table} WHERE target = ?",
                            (target,)).fetchone()
         if row is not None and bool(row[0]) == paused:
             return False
         conn.execute(
-            "INSERT INTO outbox_targets (target, paused, paused_ms, updated_ms) "
+            f"INSERT INTO {table} (target, paused, paused_ms, updated_ms) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (target) DO UPDATE SET paused = excluded.paused, "
             "paused_ms = excluded.paused_ms, updated_ms = excluded.updated_ms",
             (target, int(paused), now_ms if paused else None, now_ms))
@@ -656,36 +705,85 @@ class Breaker:
         return opens
 
 
-def load_breaker(conn: sqlite3.Connection, target: str) -> BreakerRow | None:
+def load_breaker(conn: sqlite3.Connection, target: str, *,
+                 table: str = "outbox_targets") -> BreakerRow | None:
     row = conn.execute(
         "SELECT breaker, consecutive_failures, breaker_opened_ms, breaker_probe_ms, last_error, "
-        "last_failure_ms, last_success_ms FROM outbox_targets WHERE target = ?",
+        f"last_failure_ms, last_success_ms FROM {table} WHERE target = ?",
         (target,)).fetchone()
     return None if row is None else _breaker_row(tuple(row))
 
 
-def is_paused(conn: sqlite3.Connection, target: str) -> bool:
-    row = conn.execute("SELECT paused FROM outbox_targets WHERE target = ?",
+def is_paused(conn: sqlite3.Connection, target: str, *, table: str = "outbox_targets") -> bool:
+    row = conn.execute(f"SELECT paused FROM {table} WHERE target = ?",
                        (target,)).fetchone()
     return row is not None and bool(row[0])
 
 
-class TargetDelivery:
+# -- queues: what the delivery loop needs of a table of items -----------------------------------
+
+@dataclass(frozen=True)
+class Store(Generic[_I]):
+    """One queue the delivery loop serves: forwarding's ``outbox`` (:data:`FORWARDING`) or the
+    notifier's ``notify_messages`` (``gateway.notify.STORE``). Each function runs on a
+    connection: ``pick``/``status``/``max_item_id``/``enqueued_since`` on the loop's read
+    connection, ``supersede``/``record``/``prune`` in the writer's transactions. The targets'
+    pause flag and breaker live in ``targets_table`` (the shape of ``outbox_targets``)."""
+
+    family: Literal["outbox", "notify"]  # metrics (gateway/metrics.py) and log messages
+    targets_table: str
+    pick: Callable[..., Picked[_I]]  # (conn, target, now_ms, limit, *, exclude_items, ...)
+    supersede: Callable[..., int]  # (conn, target, item_ids, now_ms)
+    record: Callable[..., Recorded[_I]]  # (conn, target, settled, now_ms, breaker)
+    log_fields: Callable[[_I], dict[str, object]]  # no personal data
+    status: Callable[[sqlite3.Connection], dict[str, TargetStatus]]
+    max_item_id: Callable[[sqlite3.Connection], int]
+    enqueued_since: Callable[[sqlite3.Connection, int], tuple[dict[str, int], int]]
+    prune: Callable[..., int]  # (conn, before_ms)
+
+
+def _forward_fields(item: AttendanceItem) -> dict[str, object]:
+    return {"item_id": item.item_id, "event_key": item.event_key, "kind": item.kind,
+            "revision": item.revision}
+
+
+def _forward_enqueued(conn: sqlite3.Connection, after: int) -> tuple[dict[str, int], int]:
+    counts: dict[str, int] = {}
+    watermark = after
+    for r in conn.execute("SELECT target, COUNT(*), MAX(item_id) FROM outbox "
+                          "WHERE item_id > ? GROUP BY target", (after,)):
+        counts[str(r[0])] = int(r[1])
+        watermark = max(watermark, int(r[2]))
+    return counts, watermark
+
+
+FORWARDING: Store[AttendanceItem] = Store(
+    family="outbox", targets_table="outbox_targets", pick=pick, supersede=supersede,
+    record=record, log_fields=_forward_fields, status=status,
+    max_item_id=lambda conn: _max_item_id(conn), enqueued_since=_forward_enqueued, prune=prune)
+
+
+class TargetDelivery(Generic[_I]):
     """Delivers one target's outbox while the gateway runs; see the module docstring.
+    ``store`` says which queue (forwarding's by default, the notifier's for a channel).
 
     :meth:`run` is the loop; :meth:`fill` (start what may go now) and :meth:`wait_idle` (let the
     batches in flight finish and be recorded) are its steps, public for tests.
     """
 
-    def __init__(self, adapter: Adapter, writer: TransactionRunner, reads: Reads, *,
+    def __init__(self, adapter: Sender[_I], writer: TransactionRunner, reads: Reads, *,
                  metrics: GatewayMetrics | None = None, clock: Clock = system_clock,
                  policy: OutboxPolicy = DEFAULT_POLICY, rng: random.Random | None = None,
-                 breaker: BreakerRow | None = None) -> None:
+                 breaker: BreakerRow | None = None,
+                 store: Store[_I] | None = None) -> None:
+        store = store if store is not None else cast(Store[_I], FORWARDING)
         self.adapter = adapter
         self.name = adapter.name
+        self.store = store
         self._writer = writer
         self._reads = reads
-        self.metrics = metrics
+        self.metrics: DeliveryCounters | None = (
+            None if metrics is None else metrics.counters(store.family))
         self._clock = clock
         self.policy = policy
         self._rng = rng or random.Random()
@@ -738,11 +836,12 @@ class TargetDelivery:
 
     async def fill(self) -> int:
         """Start every batch that may go now; returns how many were started."""
-        paused = await self._reads(functools.partial(is_paused, target=self.name))
+        paused = await self._reads(functools.partial(
+            is_paused, target=self.name, table=self.store.targets_table))
         if paused != self.paused:
             self.paused = paused
-            log.info("outbox target paused" if paused else "outbox target resumed",
-                     extra={"target": self.name})
+            log.info(f"{self.store.family} target paused" if paused
+                     else f"{self.store.family} target resumed", extra={"target": self.name})
         if paused:
             return 0
         started = 0
@@ -758,7 +857,7 @@ class TargetDelivery:
             limit = min(self.adapter.max_batch, self.policy.probe_batch) if probe \
                 else self.adapter.max_batch
             picked = await self._reads(functools.partial(
-                pick, target=self.name, now_ms=now, limit=limit,
+                self.store.pick, target=self.name, now_ms=now, limit=limit,
                 exclude_items=list(self._in_flight), exclude_events=list(
                     set(self._in_flight.values()))))
             if picked.stale:
@@ -781,20 +880,20 @@ class TargetDelivery:
 
     async def _supersede(self, stale: list[int], now: int) -> None:
         count = await self._writer.run_in_transaction(
-            functools.partial(supersede, target=self.name, item_ids=stale, now_ms=now))
+            functools.partial(self.store.supersede, target=self.name, item_ids=stale, now_ms=now))
         if count and self.metrics is not None:
-            self.metrics.outbox_superseded.labels(self.name).inc(count)
+            self.metrics.superseded.labels(self.name).inc(count)
         log.debug("outbox items superseded by newer versions",
                   extra={"target": self.name, "items": count})
 
-    async def _batch(self, batch: list[AttendanceItem]) -> None:
+    async def _batch(self, batch: list[_I]) -> None:
         try:
             await self._deliver(batch)
         finally:
             for item in batch:
                 self._in_flight.pop(item.item_id, None)
 
-    async def _deliver(self, batch: list[AttendanceItem]) -> None:
+    async def _deliver(self, batch: list[_I]) -> None:
         results: list[DeliveryResult] | None = None
         failure: str | None = None
         retry_after: float | None = None
@@ -835,10 +934,10 @@ class TargetDelivery:
                     "target": self.name, "items": len(batch), "error": failure,
                     "failures": self.breaker.row.failures})
             if self.metrics is not None:
-                self.metrics.outbox_target_failures.labels(self.name).inc()
+                self.metrics.target_failures.labels(self.name).inc()
         try:
             done = await self._writer.run_in_transaction(functools.partial(
-                record, target=self.name, settled=settled, now_ms=now,
+                self.store.record, target=self.name, settled=settled, now_ms=now,
                 breaker=self.breaker.row))
         except Exception as exc:  # left pending: delivered again later under the same keys
             log.error("outbox results not recorded", extra={
@@ -848,18 +947,17 @@ class TargetDelivery:
             return
         self._account(done)
 
-    def _account(self, done: Recorded) -> None:
+    def _account(self, done: Recorded[_I]) -> None:
         m = self.metrics
         if m is not None:
-            m.outbox_delivered.labels(self.name).inc(len(done.delivered))
-            m.outbox_retried.labels(self.name).inc(len(done.retried))
-            m.outbox_parked.labels(self.name).inc(len(done.parked))
+            m.delivered.labels(self.name).inc(len(done.delivered))
+            m.retried.labels(self.name).inc(len(done.retried))
+            m.parked.labels(self.name).inc(len(done.parked))
             if done.superseded:
-                m.outbox_superseded.labels(self.name).inc(done.superseded)
+                m.superseded.labels(self.name).inc(done.superseded)
         for s in done.parked:
-            log.warning("outbox item parked", extra={
-                "target": self.name, "item_id": s.item.item_id, "event_key": s.item.event_key,
-                "kind": s.item.kind, "revision": s.item.revision, "reason": s.reason})
+            log.warning(f"{self.store.family} item parked", extra={
+                "target": self.name, **self.store.log_fields(s.item), "reason": s.reason})
         if done.retried:
             first = done.retried[0]
             log.info("outbox items to be retried", extra={
@@ -870,30 +968,34 @@ class TargetDelivery:
             "retried": len(done.retried), "parked": len(done.parked)})
 
 
-class OutboxService:
-    """Every target's delivery loop, the metrics' snapshot and the hourly prune."""
+class OutboxService(Generic[_I]):
+    """Every target's delivery loop, the metrics' snapshot and the hourly prune, for one queue
+    (``store``: forwarding's by default; the notifier runs another with its channels)."""
 
-    def __init__(self, writer: TransactionRunner, adapters: Sequence[Adapter],
+    def __init__(self, writer: TransactionRunner, adapters: Sequence[Sender[_I]],
                  read_conn: sqlite3.Connection, *, metrics: GatewayMetrics | None = None,
                  clock: Clock = system_clock, policy: OutboxPolicy = DEFAULT_POLICY,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 store: Store[_I] | None = None) -> None:
+        store = store if store is not None else cast(Store[_I], FORWARDING)
         names = [a.name for a in adapters]
         if len(set(names)) != len(names):
             raise ValueError("two adapters with the same target name")
         self._writer = writer
+        self.store = store
         self.reads = Reads(read_conn)
         self.metrics = metrics
         self._clock = clock
         self.policy = policy
         self._rng = rng or random.Random()
         self.adapters = list(adapters)
-        self.deliveries: dict[str, TargetDelivery] = {}
+        self.deliveries: dict[str, TargetDelivery[_I]] = {}
         self._snapshot: dict[str, OutboxSeen] = {}
         # items committed after this are counted as enqueued (construct before the ingest runs)
-        self._watermark: int | None = _max_item_id(read_conn)
+        self._watermark: int | None = store.max_item_id(read_conn)
         self._closed = False
         if metrics is not None:
-            metrics.watch_outbox(lambda: self._snapshot, clock)
+            metrics.watch_outbox(lambda: self._snapshot, clock, family=store.family)
 
     async def start(self) -> None:
         """Make each target's row, load its breaker; idempotent."""
@@ -902,16 +1004,19 @@ class OutboxService:
         now = self._clock()
         targets = [a.name for a in self.adapters]
 
+        table = self.store.targets_table
+
         def rows(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO outbox_targets (target, updated_ms) VALUES (?, ?) "
+            conn.executemany(f"INSERT INTO {table} (target, updated_ms) VALUES (?, ?) "
                              "ON CONFLICT (target) DO NOTHING", [(t, now) for t in targets])
 
         await self._writer.run_in_transaction(rows)
         for adapter in self.adapters:
-            row = await self.reads(functools.partial(load_breaker, target=adapter.name))
+            row = await self.reads(functools.partial(load_breaker, target=adapter.name,
+                                                     table=table))
             self.deliveries[adapter.name] = TargetDelivery(
                 adapter, self._writer, self.reads, metrics=self.metrics, clock=self._clock,
-                policy=self.policy, rng=self._rng, breaker=row)
+                policy=self.policy, rng=self._rng, breaker=row, store=self.store)
         await self.refresh()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -940,11 +1045,12 @@ class OutboxService:
     async def refresh(self) -> None:
         """Re-read the counts for the metrics; count the items committed since the last look."""
         snapshot, counts, watermark = await self.reads(
-            functools.partial(_observe, after=self._watermark))
+            functools.partial(_observe, after=self._watermark, store=self.store))
         if self.metrics is not None and self._watermark is not None:
+            enqueued = self.metrics.counters(self.store.family).enqueued
             for target, count in counts.items():
                 if target in self.deliveries:
-                    self.metrics.outbox_enqueued.labels(target).inc(count)
+                    enqueued.labels(target).inc(count)
         self._watermark = watermark
         seen = {}
         for name, delivery in self.deliveries.items():
@@ -965,27 +1071,23 @@ class OutboxService:
                     pruned_at = loop.time()
                     before = self._clock() - self.policy.retention_ms
                     pruned = await self._writer.run_in_transaction(
-                        functools.partial(prune, before_ms=before))
+                        functools.partial(self.store.prune, before_ms=before))
                     if pruned:
-                        log.info("old outbox items pruned", extra={"items": pruned})
+                        log.info(f"old {self.store.family} items pruned",
+                                 extra={"items": pruned})
             except Exception as exc:
-                log.error("outbox status not refreshed", extra={"error": str(exc)})
+                log.error(f"{self.store.family} status not refreshed", extra={"error": str(exc)})
 
 
 def _max_item_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT MAX(item_id) FROM outbox").fetchone()[0] or 0)
 
 
-def _observe(conn: sqlite3.Connection, after: int | None
+def _observe(conn: sqlite3.Connection, after: int | None, store: Store[Any]
              ) -> tuple[dict[str, TargetStatus], dict[str, int], int]:
-    snapshot = status(conn)
-    counts: dict[str, int] = {}
+    snapshot = store.status(conn)
     if after is None:
-        return snapshot, counts, _max_item_id(conn)
-    watermark = after
-    for r in conn.execute("SELECT target, COUNT(*), MAX(item_id) FROM outbox "
-                          "WHERE item_id > ? GROUP BY target", (after,)):
-        counts[str(r[0])] = int(r[1])
-        watermark = max(watermark, int(r[2]))
+        return snapshot, {}, store.max_item_id(conn)
+    counts, watermark = store.enqueued_since(conn, after)
     return snapshot, counts, watermark
 

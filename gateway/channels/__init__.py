@@ -7,8 +7,9 @@ breaker, parking, the operator's view). A channel (one module per kind in this p
 ``webhook``, ``zalo``, ``sms``, ``command``) only sends a batch of stored messages and says, per
 message, what became of it, with ``gateway.forwarders.DeliveryResult`` and ``TargetDown``.
 
-``message_id`` is stable across retries, crashes and restarts (one per guardian and event
-version), and goes to the channel as its idempotency or tracking key (``webhook-id``, Zalo's
+``message_id`` is stable across retries, crashes and restarts (one per event and recipient: a
+revised event never makes a second message), and goes to the channel as its idempotency or
+tracking key (``webhook-id``, Zalo's
 ``tracking_id``, an SMS gateway's client reference), so a retry never sends a second message.
 Names and phone numbers are personal data: channels never log them and never put them in a
 ``DeliveryResult.reason``.
@@ -30,7 +31,7 @@ class Message:
     """One rendered notification to one recipient, as stored by the notifier."""
 
     item_id: int  # the notifier's outbox row (DeliveryResult.item_id answers it)
-    message_id: str  # stable: "{event_key}.{revision}.{guardian_id}" hashed; idempotency key
+    message_id: str  # stable per event and recipient (hashed); the channel's idempotency key
     kind: NotificationKind
     locale: Literal["vi", "en"]
     text: str  # rendered once, stored with the message for audit
@@ -44,7 +45,7 @@ class Message:
 @dataclass(frozen=True)
 class ChannelConfig:
     """One ``[[notify.channel]]`` table: ``type`` names the module ``gateway.channels.<type>``,
-    whose ``build(config, *, clock)`` validates ``settings`` and raises
+    whose ``build(config, *, clock, config_path=None)`` validates ``settings`` and raises
     ``gateway.config.ConfigError`` naming ``notify.channel.<name>.<key>``. Secrets are never
     inline: a setting ending in ``_file`` names a file (mode 600) that holds the secret."""
 

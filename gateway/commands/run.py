@@ -12,6 +12,9 @@ ingest (``gateway/ingest.py``, whose writer thread is the database's only writer
 * the Prometheus endpoint on ``[metrics] listen``;
 * one outbox delivery loop per enabled ``[[forward]]`` target (``gateway/outbox.py``): the rules
   enqueue each event version in their transaction, the loops deliver outside it;
+* with ``[notify]``, the notifier (``gateway/notify.py``) as a second rules listener, deciding
+  and storing parent messages in the same transaction, and one delivery loop per enabled
+  ``[[notify.channel]]`` (the same ``gateway/outbox.py`` loop over the notifier's queue);
 * with ``[export] daily_dir``, the day's attendance workbooks per class after ``daily_at``
   (``gateway/export.py``; a worker thread on a read-only connection).
 
@@ -30,8 +33,10 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import Any
 
 from gateway import db
+from gateway.channels import Channel, Message
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
 from gateway.export import DailyExport
@@ -40,11 +45,12 @@ from gateway.ingest import Ingest
 from gateway.keystore import KeystoreError
 from gateway.logs import setup_logging
 from gateway.metrics import GatewayMetrics, MetricsServer
+from gateway.notify import Notifier, build_channel, make_store
 from gateway.outbox import Enqueuer, OutboxService, build_adapter
 from gateway.reader_commands import CommandDispatcher
 from gateway.registry import Registry, RegistryError
 from gateway.rs485 import BusMaster
-from gateway.rules import AttendanceRules
+from gateway.rules import AttendanceRules, EventListener
 from gateway.service import GatewayService
 from gateway.types import system_clock
 
@@ -90,22 +96,40 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
             loop.add_signal_handler(sig, stop.set)
     targets = [t for t in config.forward if t.enabled] if with_rules else []
     adapters = await _adapters(config, targets)  # ConfigError before anything is opened
+    try:
+        channels = await _channels(config) if with_rules else []
+    except BaseException:
+        for adapter in adapters:
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        raise
     conn = db.connect(config.database)
     registry_conn = db.connect(config.database, migrate=False)
     commands_conn = db.connect(config.database, migrate=False)
     outbox_conn = db.connect(config.database, migrate=False)
+    notify_conn = db.connect(config.database, migrate=False)
     server: MetricsServer | None = None
-    outbox: OutboxService | None = None
+    outbox: OutboxService[Any] | None = None
+    notifications: OutboxService[Message] | None = None
     try:
         registry = Registry.open(registry_conn, config.master_key_file)
         version = registry.key_ring_version()
         metrics = GatewayMetrics()
+        listeners: list[EventListener] = []
+        if targets:
+            listeners.append(Enqueuer([t.name for t in targets]))
+        if with_rules and config.notify.enabled:
+            listeners.append(Notifier(config.notify, config.attendance, config.timezone,
+                                      school=config.school, metrics=metrics))
         rules = AttendanceRules(config.attendance, config.timezone,
                                 config.ingest.repeat_window_s, system_clock,
-                                listeners=[Enqueuer([t.name for t in targets])] if targets else ())
+                                listeners=listeners)
         ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
                         on_scans=rules.on_scans if with_rules else None)
         outbox = OutboxService(ingest, adapters, outbox_conn, metrics=metrics)
+        staff = config.notify.staff
+        notifications = OutboxService(ingest, channels, notify_conn, metrics=metrics,
+                                      store=make_store(staff.phone if staff else None))
         if config.metrics_listen:
             server = MetricsServer(metrics, config.metrics_listen)
             log.info("metrics", extra={"listen": config.metrics_listen})
@@ -122,7 +146,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
                                        read_conn=commands_conn, metrics=metrics)
         try:
             await asyncio.gather(service.run(stop), dispatcher.run(stop), outbox.run(stop),
-                                 *(bus.run(stop) for bus in buses))
+                                 notifications.run(stop), *(bus.run(stop) for bus in buses))
         finally:
             for task in helpers:
                 task.cancel()
@@ -137,9 +161,16 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
             for adapter in adapters:
                 with contextlib.suppress(Exception):
                     await adapter.close()
+        if notifications is not None:
+            await notifications.close()
+        else:
+            for channel in channels:
+                with contextlib.suppress(Exception):
+                    await channel.close()
         if server is not None:
             server.close()
         outbox_conn.close()
+        notify_conn.close()
         commands_conn.close()
         registry_conn.close()
         conn.close()
@@ -160,6 +191,25 @@ async def _adapters(config: GatewayConfig, targets: list[ForwardTarget]) -> list
                 await adapter.close()
         raise
     return adapters
+
+
+async def _channels(config: GatewayConfig) -> list[Channel]:
+    """The enabled ``[[notify.channel]]`` tables' channels (with ``[notify]`` enabled); if one
+    cannot be built, those built are closed."""
+    if not config.notify.enabled:
+        return []
+    built: list[Channel] = []
+    try:
+        for channel in config.notify.channels:
+            if channel.enabled:
+                built.append(build_channel(channel, clock=system_clock,
+                                           config_path=config.path))
+    except BaseException:
+        for c in built:
+            with contextlib.suppress(Exception):
+                await c.close()
+        raise
+    return built
 
 
 def _bus_readers(registry: Registry, port: str) -> dict[int, int]:
