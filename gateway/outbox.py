@@ -202,6 +202,10 @@ _PICK = (
     "SELECT o.item_id, o.event_id, o.event_key, o.revision, o.change, o.idempotency_key, "
     "o.attempts, e.revision, e.kind, e.school_date, e.session, e.at_ms, e.gate, e.student_id, "
     "st.class_id, (SELECT d.upstream_id FROM outbox d WHERE d.target = o.target "
+    # the event's versions by the prefix of their idempotency keys ("{event_key}.{revision}"),
+    # so that the unique (target, idempotency_key) index finds them: by event_id alone it
+    # would read every row of the target, for each item picked
+    "AND d.idempotency_key >= o.event_key || '.' AND d.idempotency_key < o.event_key || '/' "
     "AND d.event_id = o.event_id AND d.state = 'delivered' AND d.upstream_id IS NOT NULL "
     "ORDER BY d.revision DESC LIMIT 1) "
     "FROM outbox o JOIN attendance_events e ON e.event_id = o.event_id "

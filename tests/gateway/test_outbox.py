@@ -464,6 +464,35 @@ async def test_the_breaker_opens_probes_half_open_and_closes(
         "outbox breaker half-open: probing", "outbox breaker closed"]
 
 
+async def test_items_of_failed_probes_go_as_soon_as_the_breaker_closes(
+        ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock) -> None:
+    # An item probed again and again during a long outage has a backoff of its own that grows
+    # past the breaker's cool-down; once a probe gets an answer it must not wait that out.
+    policy = OutboxPolicy(poll_s=0.01, retry_initial_s=5.0, retry_cap_s=600.0, jitter=0.0,
+                          breaker_failures=3, breaker_cooldown_s=30.0,
+                          breaker_cooldown_cap_s=60.0, probe_batch=1)
+    adapter = FakeAdapter(max_batch=2, concurrency=1)
+    events = Events(ingest, ["edfi"], clock)
+    await events.many(8)
+    adapter.down = TargetDown("connection refused")
+    async with outbox_of(ingest, read_conn, clock, adapter, policy=policy) as service:
+        delivery = service.deliveries["edfi"]
+        for _ in range(3):
+            assert await step(delivery) == 1
+        for _ in range(4):  # the first item is the probe each time; its backoff: 10 ... 80 s
+            clock.now = delivery.breaker.row.probe_ms or 0
+            assert await step(delivery) == 1
+        assert {batch[0].item_id for batch in adapter.calls[3:]} == {1}
+        (waiting,) = rows(read_conn, "SELECT next_attempt_ms FROM outbox WHERE item_id = 1")
+        adapter.down = None
+        clock.now = delivery.breaker.row.probe_ms or 0
+        assert waiting[0] > clock.now  # not due at the next probe
+        while await step(delivery):
+            pass
+        assert delivery.breaker.state == "closed"
+    assert states(read_conn) == {"delivered": 8}
+
+
 async def test_the_breaker_survives_a_restart(
         ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock) -> None:
     adapter = FakeAdapter(max_batch=1, concurrency=1)
@@ -643,6 +672,16 @@ async def test_a_new_version_carries_the_upstream_id_of_the_last_delivered_one(
     first, void = [i for b in adapter.calls for i in b]
     assert first.upstream_id is None  # nothing delivered before it
     assert (void.change, void.upstream_id) == ("voided", f"up-{first.event_key[:6]}")
+
+
+def test_picking_reads_the_events_rows_not_the_whole_target(read_conn: sqlite3.Connection
+                                                             ) -> None:
+    # Delivered rows stay 90 days (hundreds of thousands for a big school): the upstream-id
+    # lookup of each picked item must be an index search, not a scan of the target's rows.
+    plan = [str(tuple(r)[3]) for r in read_conn.execute(
+        "EXPLAIN QUERY PLAN " + outbox._PICK.format(exclude=""), ("edfi", NOW, 50))]
+    lookups = [p for p in plan if p.startswith("SEARCH d ")]
+    assert len(lookups) == 1 and "idempotency_key>?" in lookups[0], plan
 
 
 async def test_only_the_newest_pending_version_is_sent(
