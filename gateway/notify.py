@@ -75,7 +75,7 @@ from gateway.outbox import (
     TargetStatus,
     _breaker_row,
     _clip,
-    save_breaker,
+    save_breaker_after_batch,
     set_paused,
 )
 from gateway.rules import EventChange, SchoolCalendar, event_key, from_ms
@@ -496,7 +496,8 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[Mess
             if changed == 1:
                 bucket.append(s)
         if breaker is not None:
-            save_breaker(conn, target, breaker, now_ms, table=TARGETS_TABLE)
+            save_breaker_after_batch(conn, target, breaker, now_ms, settled, table=TARGETS_TABLE,
+                                     items="notify_messages", column="channel")
     return out
 
 

@@ -353,22 +353,7 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[Atte
                     (now_ms, target, s.item.item_id, s.item.revision)).rowcount
                 out.superseded += superseded
         if breaker is not None:
-            was = conn.execute("SELECT breaker FROM outbox_targets WHERE target = ?",
-                               (target,)).fetchone()
-            save_breaker(conn, target, breaker, now_ms)
-            if breaker.state == "closed" and was is not None and was[0] != "closed":
-                # The probe answered: the target is back. Items still waiting out the backoff
-                # of failures that were the target's (the failed probes') are due now, not up
-                # to retry_cap_s later; the batch just settled keeps what it was told.
-                batch = [s.item.item_id for s in settled]
-                released = conn.execute(
-                    "UPDATE outbox SET next_attempt_ms = ? WHERE target = ? AND state = "
-                    f"'pending' AND next_attempt_ms > ? AND item_id NOT IN "
-                    f"({','.join('?' * len(batch))})",
-                    (now_ms, target, now_ms, *batch)).rowcount
-                if released:
-                    log.info("outbox target back: items waiting to be retried are due now",
-                             extra={"target": target, "items": released})
+            save_breaker_after_batch(conn, target, breaker, now_ms, settled)
     return out
 
 
@@ -387,6 +372,29 @@ def save_breaker(conn: sqlite3.Connection, target: str, b: BreakerRow, now_ms: i
         "updated_ms = excluded.updated_ms",
         (target, b.state, b.opened_ms, b.probe_ms, b.failures, _clip(b.last_error),
          b.failure_ms, b.success_ms, now_ms))
+
+
+def save_breaker_after_batch(conn: sqlite3.Connection, target: str, breaker: BreakerRow,
+                             now_ms: int, settled: Sequence[Settled[Any]], *,
+                             table: str = "outbox_targets", items: str = "outbox",
+                             column: str = "target") -> int:
+    """Store the breaker a batch left; when that closed it (the probe answered: the target is
+    back), make the target's items still waiting out the backoff of the failed probes due now,
+    not up to ``retry_cap_s`` later; the batch just settled keeps what it was told. Returns how
+    many items were released. ``items``/``column``: the queue's table and its target column."""
+    was = conn.execute(f"SELECT breaker FROM {table} WHERE target = ?", (target,)).fetchone()
+    save_breaker(conn, target, breaker, now_ms, table=table)
+    if breaker.state != "closed" or was is None or was[0] == "closed":
+        return 0
+    batch = [s.item.item_id for s in settled]
+    released = int(conn.execute(
+        f"UPDATE {items} SET next_attempt_ms = ? WHERE {column} = ? AND state = 'pending' "
+        f"AND next_attempt_ms > ? AND item_id NOT IN ({','.join('?' * len(batch))})",
+        (now_ms, target, now_ms, *batch)).rowcount)
+    if released:
+        log.info("target back: items waiting to be retried are due now",
+                 extra={"target": target, "items": released})
+    return released
 
 
 def retry_delay_s(failed_attempts: int, policy: OutboxPolicy, rng: random.Random) -> float:
