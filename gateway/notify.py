@@ -74,10 +74,11 @@ from gateway.outbox import (
     Store,
     TargetStatus,
     _breaker_row,
-    _clip,
+    record_outcome,
     save_breaker_after_batch,
     set_paused,
 )
+from gateway.outbox import retry_parked as outbox_retry_parked
 from gateway.rules import EventChange, SchoolCalendar, event_key, from_ms
 from gateway.types import Clock, system_clock
 
@@ -473,28 +474,7 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[Mess
     out: Recorded[Message] = Recorded()
     with atomic(conn, "notify"):
         for s in settled:
-            if s.outcome == "delivered":
-                changed = conn.execute(
-                    "UPDATE notify_messages SET state = 'delivered', attempts = attempts + 1, "
-                    "delivered_ms = ?, updated_ms = ?, upstream_id = ?, last_error = NULL "
-                    "WHERE item_id = ? AND state = 'pending'",
-                    (now_ms, now_ms, _clip(s.upstream_id), s.item.item_id)).rowcount
-                bucket = out.delivered
-            elif s.outcome == "parked":
-                changed = conn.execute(
-                    "UPDATE notify_messages SET state = 'parked', attempts = attempts + 1, "
-                    "parked_reason = ?, last_error = ?, updated_ms = ? "
-                    "WHERE item_id = ? AND state = 'pending'",
-                    (_clip(s.reason), _clip(s.reason), now_ms, s.item.item_id)).rowcount
-                bucket = out.parked
-            else:
-                changed = conn.execute(
-                    "UPDATE notify_messages SET attempts = attempts + 1, next_attempt_ms = ?, "
-                    "last_error = ?, updated_ms = ? WHERE item_id = ? AND state = 'pending'",
-                    (s.next_attempt_ms, _clip(s.reason), now_ms, s.item.item_id)).rowcount
-                bucket = out.retried
-            if changed == 1:
-                bucket.append(s)
+            record_outcome(conn, "notify_messages", s, now_ms, out)
         if breaker is not None:
             save_breaker_after_batch(conn, target, breaker, now_ms, settled, table=TARGETS_TABLE,
                                      items="notify_messages", column="channel")
@@ -668,30 +648,11 @@ def retry_parked(conn: sqlite3.Connection, channel: str, item_ids: Sequence[int]
                  now_ms: int) -> list[int]:
     """Parked messages of ``channel`` (all when ``item_ids`` is None) back to pending, due now.
     All or nothing: an id that is not a parked message of ``channel`` is refused."""
-    with atomic(conn, "notify"):
-        if item_ids is None:
-            rows = conn.execute(
-                "UPDATE notify_messages SET state = 'pending', next_attempt_ms = ?, "
-                "updated_ms = ? WHERE channel = ? AND state = 'parked' RETURNING item_id",
-                (now_ms, now_ms, channel)).fetchall()
-            return sorted(int(r[0]) for r in rows)
-        wanted = sorted(set(item_ids))
-        problems = []
-        for item_id in wanted:
-            row = conn.execute("SELECT channel, state FROM notify_messages WHERE item_id = ?",
-                               (item_id,)).fetchone()
-            if row is None:
-                problems.append(f"{item_id}: no such message")
-            elif row[0] != channel:
-                problems.append(f"{item_id}: a message of {row[0]}")
-            elif row[1] != "parked":
-                problems.append(f"{item_id}: {row[1]}, not parked")
-        if problems:
-            raise NotifyError("not_parked", "; ".join(problems))
-        conn.executemany(
-            "UPDATE notify_messages SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
-            "WHERE item_id = ? AND state = 'parked'", [(now_ms, now_ms, i) for i in wanted])
-        return wanted
+    try:
+        return outbox_retry_parked(conn, channel, item_ids, now_ms, items="notify_messages",
+                                   column="channel")
+    except OutboxError as exc:
+        raise NotifyError("not_parked", str(exc)) from None
 
 
 def pause(conn: sqlite3.Connection, channel: str, paused: bool, now_ms: int) -> bool:

@@ -315,6 +315,36 @@ class Recorded(Generic[_I]):
     superseded: int = 0  # parked older versions of the events delivered or parked now
 
 
+def record_outcome(conn: sqlite3.Connection, items: str, s: Settled[Any], now_ms: int,
+                   out: Recorded[Any]) -> bool:
+    """Write one item's outcome into the queue table ``items`` (``outbox``, ``notify_messages``)
+    if it is still pending, and file it in ``out``; False when it was not pending."""
+    if s.outcome == "delivered":
+        changed = conn.execute(
+            f"UPDATE {items} SET state = 'delivered', attempts = attempts + 1, "
+            "delivered_ms = ?, updated_ms = ?, upstream_id = ?, last_error = NULL "
+            "WHERE item_id = ? AND state = 'pending'",
+            (now_ms, now_ms, _clip(s.upstream_id), s.item.item_id)).rowcount
+        bucket = out.delivered
+    elif s.outcome == "parked":
+        changed = conn.execute(
+            f"UPDATE {items} SET state = 'parked', attempts = attempts + 1, "
+            "parked_reason = ?, last_error = ?, updated_ms = ? "
+            "WHERE item_id = ? AND state = 'pending'",
+            (_clip(s.reason), _clip(s.reason), now_ms, s.item.item_id)).rowcount
+        bucket = out.parked
+    else:
+        changed = conn.execute(
+            f"UPDATE {items} SET attempts = attempts + 1, next_attempt_ms = ?, "
+            "last_error = ?, updated_ms = ? WHERE item_id = ? AND state = 'pending'",
+            (s.next_attempt_ms, _clip(s.reason), now_ms, s.item.item_id)).rowcount
+        bucket = out.retried
+    if changed != 1:
+        return False
+    bucket.append(s)
+    return True
+
+
 def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[AttendanceItem]],
            now_ms: int, breaker: BreakerRow | None = None) -> Recorded[AttendanceItem]:
     """Write a batch's outcomes (and the target's breaker, when given) in one transaction. Only
@@ -322,29 +352,8 @@ def record(conn: sqlite3.Connection, target: str, settled: Sequence[Settled[Atte
     out: Recorded[AttendanceItem] = Recorded()
     with atomic(conn, "outbox"):
         for s in settled:
-            if s.outcome == "delivered":
-                changed = conn.execute(
-                    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, "
-                    "delivered_ms = ?, updated_ms = ?, upstream_id = ?, last_error = NULL "
-                    "WHERE item_id = ? AND state = 'pending'",
-                    (now_ms, now_ms, _clip(s.upstream_id), s.item.item_id)).rowcount
-                bucket = out.delivered
-            elif s.outcome == "parked":
-                changed = conn.execute(
-                    "UPDATE outbox SET state = 'parked', attempts = attempts + 1, "
-                    "parked_reason = ?, last_error = ?, updated_ms = ? "
-                    "WHERE item_id = ? AND state = 'pending'",
-                    (_clip(s.reason), _clip(s.reason), now_ms, s.item.item_id)).rowcount
-                bucket = out.parked
-            else:
-                changed = conn.execute(
-                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, "
-                    "last_error = ?, updated_ms = ? WHERE item_id = ? AND state = 'pending'",
-                    (s.next_attempt_ms, _clip(s.reason), now_ms, s.item.item_id)).rowcount
-                bucket = out.retried
-            if changed != 1:
+            if not record_outcome(conn, "outbox", s, now_ms, out):
                 continue
-            bucket.append(s)
             if s.outcome != "retry" and s.item.revision > 0:
                 superseded = conn.execute(
                     "UPDATE outbox SET state = 'superseded', updated_ms = ? WHERE target = ? "
@@ -511,21 +520,22 @@ def known_targets(conn: sqlite3.Connection) -> set[str]:
 
 
 def retry_parked(conn: sqlite3.Connection, target: str, item_ids: Sequence[int] | None,
-                 now_ms: int) -> list[int]:
+                 now_ms: int, *, items: str = "outbox", column: str = "target") -> list[int]:
     """Parked items of ``target`` (all of them when ``item_ids`` is None) back to pending, due
     now; returns their ids. All or nothing: an id that is not a parked item of ``target`` is
-    refused (OutboxError ``not_parked``) and nothing changes."""
-    with atomic(conn, "outbox"):
+    refused (OutboxError ``not_parked``) and nothing changes. ``items``/``column``: the queue's
+    table and its target column (``notify_messages``/``channel`` for notifications)."""
+    with atomic(conn, "retry_parked"):
         if item_ids is None:
             rows = conn.execute(
-                "UPDATE outbox SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
-                "WHERE target = ? AND state = 'parked' RETURNING item_id",
+                f"UPDATE {items} SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
+                f"WHERE {column} = ? AND state = 'parked' RETURNING item_id",
                 (now_ms, now_ms, target)).fetchall()
             return sorted(int(r[0]) for r in rows)
         wanted = sorted(set(item_ids))
         problems = []
         for item_id in wanted:
-            row = conn.execute("SELECT target, state FROM outbox WHERE item_id = ?",
+            row = conn.execute(f"SELECT {column}, state FROM {items} WHERE item_id = ?",
                                (item_id,)).fetchone()
             if row is None:
                 problems.append(f"{item_id}: no such item")
@@ -536,7 +546,7 @@ def retry_parked(conn: sqlite3.Connection, target: str, item_ids: Sequence[int] 
         if problems:
             raise OutboxError("not_parked", "; ".join(problems))
         conn.executemany(
-            "UPDATE outbox SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
+            f"UPDATE {items} SET state = 'pending', next_attempt_ms = ?, updated_ms = ? "
             "WHERE item_id = ? AND state = 'parked'", [(now_ms, now_ms, i) for i in wanted])
         return wanted
 
