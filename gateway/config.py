@@ -53,6 +53,14 @@ concurrency = 2            # requests in flight
 base_url = "https://..."   # every other key goes to the adapter as `settings`
 client_secret_file = "/etc/attendance/edfi.secret"
 
+[outbox]                   # delivery timings of every [[forward]] target and [[notify.channel]]
+poll_s = 1.0               # look for due items, pause, retries, probe requests this often (0.1-60)
+retry_initial_s = 5.0      # an item's first retry; doubles per attempt (1-3600) ...
+retry_cap_s = 600.0        # ... up to this (1-86400, at least retry_initial_s)
+breaker_failures = 5       # whole-batch failures in a row that open the breaker (1-1000)
+breaker_cooldown_s = 30.0  # open this long before the first probe (1-3600) ...
+breaker_cooldown_cap_s = 600.0   # ... doubling per failed probe up to this (1-86400)
+
 [notify]                   # parent notifications (gateway/notify.py, docs/notifications.md)
 guardian_channel = "zalo"  # the [[notify.channel]] guardians' messages go through
 kinds = ["check_in", "check_out", "late", "absent"]   # the school's opt-in, per kind
@@ -133,6 +141,24 @@ class IngestConfig:
     group_commit_ms: int = 5
     group_commit_max: int = 4096
     repeat_window_s: int = 120
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """The ``[outbox]`` table: the delivery timings of forwarding targets and notification
+    channels alike (``gateway.outbox.policy_from_config`` makes them an ``OutboxPolicy``; the
+    defaults are the same)."""
+
+    poll_s: float = 1.0
+    retry_initial_s: float = 5.0
+    retry_cap_s: float = 600.0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    breaker_cooldown_cap_s: float = 600.0
+
+
+OUTBOX_KEYS = ("poll_s", "retry_initial_s", "retry_cap_s", "breaker_failures",
+               "breaker_cooldown_s", "breaker_cooldown_cap_s")
 
 
 @dataclass(frozen=True)
@@ -245,6 +271,7 @@ class GatewayConfig:
     path: Path | None = None  # the file it was read from
     export: ExportConfig = field(default_factory=ExportConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
 
     @property
     def client_id(self) -> str:
@@ -287,6 +314,15 @@ class _Section:
         if not lowest <= value <= highest:
             raise self.error(name, f"must be between {lowest} and {highest}, not {value}")
         return value
+
+    def number(self, name: str, default: float, lowest: float, highest: float) -> float:
+        """An integer or a float (seconds, say) in [lowest, highest]."""
+        value = self._table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(name, "must be a number")
+        if not lowest <= value <= highest:  # also NaN
+            raise self.error(name, f"must be between {lowest:g} and {highest:g}, not {value:g}")
+        return float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self._table.get(name, default)
@@ -393,6 +429,29 @@ def _export(section: _Section) -> ExportConfig:
         school_name=section.optional_text("school_name"),
         zip=zipped,
     )
+
+
+def _outbox(section: _Section) -> OutboxConfig:
+    section.check_known(*OUTBOX_KEYS)
+    d = OutboxConfig()
+    config = OutboxConfig(
+        poll_s=section.number("poll_s", d.poll_s, 0.1, 60),
+        retry_initial_s=section.number("retry_initial_s", d.retry_initial_s, 1, 3600),
+        retry_cap_s=section.number("retry_cap_s", d.retry_cap_s, 1, 86_400),
+        breaker_failures=section.integer("breaker_failures", d.breaker_failures, 1, 1000),
+        breaker_cooldown_s=section.number("breaker_cooldown_s", d.breaker_cooldown_s, 1, 3600),
+        breaker_cooldown_cap_s=section.number("breaker_cooldown_cap_s",
+                                              d.breaker_cooldown_cap_s, 1, 86_400),
+    )
+    if config.retry_cap_s < config.retry_initial_s:
+        raise section.error("retry_cap_s", f"must be at least retry_initial_s "
+                                           f"({config.retry_initial_s:g}), not "
+                                           f"{config.retry_cap_s:g}")
+    if config.breaker_cooldown_cap_s < config.breaker_cooldown_s:
+        raise section.error("breaker_cooldown_cap_s", f"must be at least breaker_cooldown_s "
+                                                      f"({config.breaker_cooldown_s:g}), not "
+                                                      f"{config.breaker_cooldown_cap_s:g}")
+    return config
 
 
 def forward_types() -> list[str]:
@@ -598,7 +657,7 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(path, "(file)", f"is not valid TOML: {exc}") from None
     root = _Section(path, "", raw)
     root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics",
-                     "export", "forward", "notify")
+                     "export", "forward", "notify", "outbox")
     gateway = root.table("gateway")
     gateway.check_known("school", "database", "master_key_file", "timezone")
     school = gateway.text("school")
@@ -643,4 +702,5 @@ def load_config(path: Path) -> GatewayConfig:
         forward=_forward(root),
         path=path,
         notify=_notify(root),
+        outbox=_outbox(root.table("outbox")),
     )

@@ -34,7 +34,13 @@ whole-batch failures it opens: nothing is sent for a cool-down (``gateway/retry.
 most ``probe_batch`` items; if the adapter answers (whatever each item's outcome) the breaker
 closes, and the items still waiting out the backoff of failed probes are due at once; otherwise it
 opens again for a longer cool-down. Its state is kept in ``outbox_targets`` for the CLI and
-survives restarts.
+survives restarts. An operator who knows the target is back cuts the cool-down short with
+``outbox probe`` (:func:`request_probe`): it moves the stored probe time of the open breaker to
+now, and the running loop, which reads the targets table every ``poll_s``, adopts it.
+
+**Timings.** :class:`OutboxPolicy`; the deployed values come from the ``[outbox]`` table
+(``gateway.config.OutboxConfig``, :func:`policy_from_config`), for forwarding targets and
+notification channels alike.
 
 **Order and coalescing.** Items are picked by event, then revision, and never while another item
 of the same event is in flight. Only an event's *current* version is sent: a pending item whose
@@ -47,11 +53,12 @@ coalescing a ``revised`` may reach an upstream that never saw the ``created``, s
 facts are read at delivery time from ``attendance_events`` (which holds the current version) and
 ``students`` (the class now: a roster fix is picked up by an operator's retry).
 
-**Pause, retry, stop.** ``outbox pause``/``resume``/``retry`` (another process) change the tables;
-the running gateway polls them every ``poll_s``. A graceful stop waits up to ``stop_timeout_s``
-for batches in flight and records their results; what is still in flight then stays pending and
-goes again after the restart under the same idempotency key, like after a kill -9: nothing is
-lost, and the upstream dedups what it had already received (invariants 3 and 4).
+**Pause, retry, probe, stop.** ``outbox pause``/``resume``/``retry``/``probe`` (another
+process) change the tables; the running gateway polls them every ``poll_s``. A graceful stop
+waits up to ``stop_timeout_s`` for batches in flight and records their results; what is still
+in flight then stays pending and goes again after the restart under the same idempotency key,
+like after a kill -9: nothing is lost, and the upstream dedups what it had already received
+(invariants 3 and 4).
 
 Logs and parked reasons carry item ids, event keys (hashes), kinds and the upstream's words;
 never names, phones or card numbers.
@@ -76,7 +83,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from gateway import forwarders
-from gateway.config import ConfigError, forward_types
+from gateway.config import ConfigError, OutboxConfig, forward_types
 from gateway.db import atomic
 from gateway.forwarders import Adapter, AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
 from gateway.metrics import DeliveryCounters, GatewayMetrics, OutboxSeen
@@ -88,7 +95,7 @@ log = logging.getLogger("gateway.outbox")
 
 ItemState = Literal["pending", "delivered", "parked", "superseded"]
 BreakerState = Literal["closed", "open", "half_open"]
-ErrorCode = Literal["unknown_target", "not_parked", "bad_value"]
+ErrorCode = Literal["unknown_target", "not_parked", "bad_value", "not_open"]
 ITEM_STATES: tuple[ItemState, ...] = ("pending", "delivered", "parked", "superseded")
 BREAKER_STATES: tuple[BreakerState, ...] = ("closed", "open", "half_open")
 REASON_MAX = 500  # characters of an upstream's reason kept (parked_reason, last_error)
@@ -152,6 +159,16 @@ class OutboxPolicy:
 
 
 DEFAULT_POLICY = OutboxPolicy()
+
+
+def policy_from_config(config: OutboxConfig, base: OutboxPolicy = DEFAULT_POLICY
+                       ) -> OutboxPolicy:
+    """``base`` with the timings of the ``[outbox]`` table (gateway/config.py)."""
+    return dataclasses.replace(
+        base, poll_s=config.poll_s, retry_initial_s=config.retry_initial_s,
+        retry_cap_s=config.retry_cap_s, breaker_failures=config.breaker_failures,
+        breaker_cooldown_s=config.breaker_cooldown_s,
+        breaker_cooldown_cap_s=config.breaker_cooldown_cap_s)
 
 
 def idempotency_key(event_key: str, revision: int) -> str:
@@ -389,8 +406,10 @@ def save_breaker_after_batch(conn: sqlite3.Connection, target: str, breaker: Bre
                              column: str = "target") -> int:
     """Store the breaker a batch left; when that closed it (the probe answered: the target is
     back), make the target's items still waiting out the backoff of the failed probes due now,
-    not up to ``retry_cap_s`` later; the batch just settled keeps what it was told. Returns how
-    many items were released. ``items``/``column``: the queue's table and its target column."""
+    not up to ``retry_cap_s`` later; the batch just settled keeps what it was told. Only items
+    tried before: one never tried waits for a reason of its own (a notification held for the
+    end of quiet hours). Returns how many items were released. ``items``/``column``: the
+    queue's table and its target column."""
     was = conn.execute(f"SELECT breaker FROM {table} WHERE target = ?", (target,)).fetchone()
     save_breaker(conn, target, breaker, now_ms, table=table)
     if breaker.state != "closed" or was is None or was[0] == "closed":
@@ -398,7 +417,8 @@ def save_breaker_after_batch(conn: sqlite3.Connection, target: str, breaker: Bre
     batch = [s.item.item_id for s in settled]
     released = int(conn.execute(
         f"UPDATE {items} SET next_attempt_ms = ? WHERE {column} = ? AND state = 'pending' "
-        f"AND next_attempt_ms > ? AND item_id NOT IN ({','.join('?' * len(batch))})",
+        f"AND attempts > 0 AND next_attempt_ms > ? "
+        f"AND item_id NOT IN ({','.join('?' * len(batch))})",
         (now_ms, target, now_ms, *batch)).rowcount)
     if released:
         log.info("target back: items waiting to be retried are due now",
@@ -569,6 +589,69 @@ def set_paused(conn: sqlite3.Connection, target: str, paused: bool, now_ms: int,
 
 
 @dataclass(frozen=True)
+class ProbeRequest:
+    """What :func:`request_probe` did."""
+
+    target: str
+    probe_ms: int  # the probe is due from then (now, or earlier if it already was)
+    was_probe_ms: int | None  # when it was due before
+    opened_ms: int | None
+    failures: int
+    last_error: str | None
+    released: int  # items made due so that the probe has something to send (0 or 1)
+    paused: bool  # nothing goes, the probe neither, until the target is resumed
+
+
+def request_probe(conn: sqlite3.Connection, target: str, now_ms: int, *,
+                  table: str = "outbox_targets", items: str = "outbox",
+                  column: str = "target") -> ProbeRequest:
+    """An operator's "the target is back": make its open breaker's probe due now instead of at
+    the end of the cool-down. The running gateway adopts the stored time within ``poll_s`` (as
+    long as the breaker is still in the same opening, see :meth:`Breaker.adopt_probe`) and
+    sends one probe batch; if that is answered, the breaker closes and the backlog flows.
+
+    A probe needs a due item: when every pending item of ``target`` is still waiting out its
+    retry backoff, the one due soonest is made due now. Only an item tried before
+    (``attempts > 0``): a held notification (quiet hours) is left alone.
+
+    Refused (OutboxError): ``unknown_target`` without a row in ``table`` (the gateway never ran
+    the target), ``not_open`` when the breaker is closed or a probe is under way.
+    ``table``/``items``/``column`` as in :func:`retry_parked` (``notify_channels``,
+    ``notify_messages``, ``channel`` for notifications)."""
+    with atomic(conn, "outbox"):
+        row = conn.execute(
+            f"SELECT breaker, breaker_opened_ms, breaker_probe_ms, consecutive_failures, "
+            f"last_error, paused FROM {table} WHERE target = ?", (target,)).fetchone()
+        if row is None:
+            raise OutboxError("unknown_target", f"{target!r} has no breaker yet (the gateway "
+                                                f"has not run it)")
+        state, opened_ms, was, failures, last_error, paused = tuple(row)
+        if state == "closed":
+            raise OutboxError("not_open", f"{target}: the breaker is closed, nothing to probe "
+                                          f"(items go as they are due)")
+        if state != "open":
+            raise OutboxError("not_open", f"{target}: the breaker is {state}: a probe is "
+                                          f"under way")
+        probe_ms = now_ms if was is None else min(int(was), now_ms)
+        conn.execute(f"UPDATE {table} SET breaker_probe_ms = ?, updated_ms = ? "
+                     "WHERE target = ?", (probe_ms, now_ms, target))
+        released = 0
+        due = conn.execute(f"SELECT 1 FROM {items} WHERE {column} = ? AND state = 'pending' "
+                           "AND next_attempt_ms <= ? LIMIT 1", (target, now_ms)).fetchone()
+        if due is None:
+            released = int(conn.execute(
+                f"UPDATE {items} SET next_attempt_ms = ?, updated_ms = ? WHERE item_id = ("
+                f"SELECT item_id FROM {items} WHERE {column} = ? AND state = 'pending' "
+                "AND attempts > 0 ORDER BY next_attempt_ms, item_id LIMIT 1)",
+                (now_ms, now_ms, target)).rowcount)
+    log.info("breaker probe requested by the operator",
+             extra={"target": target, "was_due_in_s": None if was is None
+                    else round((int(was) - now_ms) / 1000, 1), "items": released})
+    return ProbeRequest(target, probe_ms, None if was is None else int(was), opened_ms,
+                        int(failures), last_error, released, bool(paused))
+
+
+@dataclass(frozen=True)
 class TargetStatus:
     """One target's outbox at a glance (CLI ``outbox status``, the metrics)."""
 
@@ -702,6 +785,20 @@ class Breaker:
             return "probe"
         return "none"
 
+    def adopt_probe(self, stored: BreakerRow | None) -> bool:
+        """Take an operator's earlier probe time (``outbox probe``, :func:`request_probe`) from
+        the ``stored`` row. Only while open, and only for the same opening (the stored
+        ``opened_ms`` is this one's): a row not yet rewritten after this breaker opened again
+        holds the old, past probe time, which must not cut the new cool-down short. True if
+        the probe moved earlier."""
+        r = self.row
+        if (stored is None or r.state != "open" or stored.state != "open"
+                or stored.opened_ms != r.opened_ms or stored.probe_ms is None
+                or (r.probe_ms is not None and stored.probe_ms >= r.probe_ms)):
+            return False
+        self.row = dataclasses.replace(r, probe_ms=stored.probe_ms)
+        return True
+
     def probing(self) -> None:
         self.row = dataclasses.replace(self.row, state="half_open")
 
@@ -734,6 +831,19 @@ def load_breaker(conn: sqlite3.Connection, target: str, *,
         f"last_failure_ms, last_success_ms FROM {table} WHERE target = ?",
         (target,)).fetchone()
     return None if row is None else _breaker_row(tuple(row))
+
+
+def control(conn: sqlite3.Connection, target: str, *, table: str = "outbox_targets"
+            ) -> tuple[bool, BreakerRow | None]:
+    """What the operator may have changed in another process: the pause flag and the stored
+    breaker (an ``outbox probe`` moves its probe time)."""
+    row = conn.execute(
+        "SELECT paused, breaker, consecutive_failures, breaker_opened_ms, breaker_probe_ms, "
+        f"last_error, last_failure_ms, last_success_ms FROM {table} WHERE target = ?",
+        (target,)).fetchone()
+    if row is None:
+        return False, None
+    return bool(row[0]), _breaker_row(tuple(row)[1:])
 
 
 def is_paused(conn: sqlite3.Connection, target: str, *, table: str = "outbox_targets") -> bool:
@@ -858,8 +968,13 @@ class TargetDelivery(Generic[_I]):
 
     async def fill(self) -> int:
         """Start every batch that may go now; returns how many were started."""
-        paused = await self._reads(functools.partial(
-            is_paused, target=self.name, table=self.store.targets_table))
+        paused, stored = await self._reads(functools.partial(
+            control, target=self.name, table=self.store.targets_table))
+        if self.breaker.adopt_probe(stored):
+            # the operator says the target is back: a Retry-After hold goes too
+            self.hold_until_ms = min(self.hold_until_ms, self._clock())
+            log.info(f"{self.store.family} probe requested by the operator",
+                     extra={"target": self.name})
         if paused != self.paused:
             self.paused = paused
             log.info(f"{self.store.family} target paused" if paused

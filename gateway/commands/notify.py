@@ -1,6 +1,7 @@
 """``attendance-gateway notify``: parent notifications — per channel what waits, what is parked
-and why; retry, pause, resume; the audit of why each message was or was not sent; consent and
-opt-outs; purge of a student's or a guardian's personal data (``gateway/notify.py``).
+and why; retry, pause, resume, probe a channel whose breaker is open; the audit of why each
+message was or was not sent; consent and opt-outs; purge of a student's or a guardian's personal
+data (``gateway/notify.py``).
 
 The commands change the database only; the running gateway picks changes up within a second.
 Names and phone numbers are never printed (ids only); ``--json`` for tools.
@@ -18,15 +19,16 @@ from typing import Any
 
 from gateway import db, notify
 from gateway.commands import add_config_argument
+from gateway.commands.outbox import print_probe
 from gateway.config import NOTIFY_KINDS, GatewayConfig, load_config
-from gateway.outbox import OutboxError, TargetStatus
+from gateway.outbox import OutboxError, TargetStatus, request_probe
 from gateway.rules import to_ms
 from gateway.types import system_clock
 
 Handler = Callable[[argparse.Namespace, GatewayConfig, sqlite3.Connection], int]
 
 _VI = {"unknown_target": "Không có kênh này", "not_parked": "Không gửi lại được",
-       "bad_value": "Giá trị không hợp lệ"}
+       "bad_value": "Giá trị không hợp lệ", "not_open": "Không cần thử lại"}
 _TABLE_VI = {
     "guardians": "phụ huynh (tên, số điện thoại)",
     "guardian_opt_outs": "lựa chọn tắt tin",
@@ -87,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p = actions.add_parser(name, parents=[common], help=f"{text} (một kênh / a channel)")
         p.add_argument("channel", help="tên kênh / channel name")
         p.set_defaults(func=_command(_pauser(paused)))
+
+    probe = actions.add_parser(
+        "probe", parents=[common],
+        help="kênh đã hoạt động lại: thử gửi ngay, không chờ hết thời gian ngắt mạch / the "
+             "channel is back: probe it now instead of waiting out the breaker's cool-down")
+    probe.add_argument("channel", help="tên kênh / channel name")
+    probe.set_defaults(func=_command(_probe))
 
     consent = actions.add_parser(
         "consent", parents=[common],
@@ -257,6 +266,21 @@ def _pauser(paused: bool) -> Handler:
             print(f"{name}: {'đã tạm dừng / paused' if paused else 'gửi tiếp / resumed'}")
         return 0
     return handler
+
+
+def _probe(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connection) -> int:
+    name = _channel(config, args.channel)
+    now = system_clock()
+    done = request_probe(conn, name, now, table=notify.TARGETS_TABLE, items="notify_messages",
+                         column="channel")
+    if args.json:
+        _print_json({"channel": name, "probe_ms": done.probe_ms,
+                     "was_probe_ms": done.was_probe_ms, "released": done.released,
+                     "paused": done.paused})
+        return 0
+    print_probe(name, done, now,
+                resume=f"attendance-gateway notify resume --config {args.config} {name}")
+    return 0
 
 
 def _consent(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connection) -> int:

@@ -1,5 +1,6 @@
 """``attendance-gateway outbox``: what waits for each upstream target, what is parked and why;
-retry parked items, pause and resume a target (``gateway/outbox.py``).
+retry parked items, pause and resume a target, probe a target whose breaker is open
+(``gateway/outbox.py``).
 
 The commands change the database only; the running gateway picks the change up within a second.
 Text tables with Vietnamese / English headers by default, ``--json`` for tools. Student ids are
@@ -30,6 +31,7 @@ _VI = {
     "unknown_target": "Không có đích chuyển tiếp này",
     "not_parked": "Không gửi lại được",
     "bad_value": "Giá trị không hợp lệ",
+    "not_open": "Không cần thử lại",
 }
 _STATE_VI = {"pending": "chờ gửi", "delivered": "đã gửi", "parked": "tạm gác",
              "superseded": "đã có bản mới hơn"}
@@ -88,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                 help="gửi tiếp tới một đích / resume sending to a target")
     resume.add_argument("target", help="tên đích / target name")
     resume.set_defaults(func=_command(_resume))
+
+    probe = actions.add_parser(
+        "probe", parents=[common],
+        help="đích đã hoạt động lại: thử gửi ngay, không chờ hết thời gian ngắt mạch / the "
+             "target is back: probe it now instead of waiting out the breaker's cool-down")
+    probe.add_argument("target", help="tên đích / target name")
+    probe.set_defaults(func=_command(_probe))
 
 
 def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -325,3 +334,41 @@ def _pause(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
 
 def _resume(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connection) -> int:
     return _set_paused(args, config, conn, False)
+
+
+# -- probe -------------------------------------------------------------------------------------
+
+
+def print_probe(name: str, done: outbox.ProbeRequest, now_ms: int, *, resume: str) -> None:
+    """What ``probe`` did, for people (``outbox probe``, ``notify probe``)."""
+    if done.was_probe_ms is not None and done.was_probe_ms > now_ms:
+        was = f"thay vì sau / instead of in {_age(done.was_probe_ms - now_ms)}"
+    else:
+        was = "đã đến hạn từ trước / it was already due"
+    print(f"{name}: ngắt mạch đang mở ({done.failures} lỗi liên tiếp, gần nhất: "
+          f"{done.last_error or '-'}) / breaker open ({done.failures} failures in a row, last: "
+          f"{done.last_error or '-'})")
+    print(f"{name}: thử gửi ngay / probe due now — {was}")
+    if done.released:
+        print(f"{name}: {done.released} mục chờ thử lại được gửi ngay làm lần thử / item waiting "
+              "out its backoff made due for the probe")
+    if done.paused:
+        print(f"{name}: đang tạm dừng, chưa thử cho đến khi gửi tiếp / paused: no probe until "
+              f"resumed ({resume})")
+    else:
+        print("Cổng đang chạy thử trong giây lát; nếu được, hàng chờ sẽ gửi tiếp / the running "
+              "gateway probes within a second; if the target answers, the backlog flows")
+
+
+def _probe(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connection) -> int:
+    name = _target(config, conn, args.target, configured_only=True)
+    now = system_clock()
+    done = outbox.request_probe(conn, name, now)
+    if args.json:
+        _print_json({"target": name, "probe_ms": done.probe_ms,
+                     "was_probe_ms": done.was_probe_ms, "released": done.released,
+                     "paused": done.paused})
+        return 0
+    print_probe(name, done, now,
+                resume=f"attendance-gateway outbox resume --config {args.config} {name}")
+    return 0

@@ -11,10 +11,12 @@ ingest (``gateway/ingest.py``, whose writer thread is the database's only writer
   ``attendance-gateway readers command`` queued goes out over MQTT or the reader's bus;
 * the Prometheus endpoint on ``[metrics] listen``;
 * one outbox delivery loop per enabled ``[[forward]]`` target (``gateway/outbox.py``): the rules
-  enqueue each event version in their transaction, the loops deliver outside it;
+  enqueue each event version in their transaction, the loops deliver outside it, with the
+  timings of ``[outbox]`` (retry backoff, circuit breaker, poll);
 * with ``[notify]``, the notifier (``gateway/notify.py``) as a second rules listener, deciding
   and storing parent messages in the same transaction, and one delivery loop per enabled
-  ``[[notify.channel]]`` (the same ``gateway/outbox.py`` loop over the notifier's queue);
+  ``[[notify.channel]]`` (the same ``gateway/outbox.py`` loop over the notifier's queue, the
+  same ``[outbox]`` timings);
 * with ``[export] daily_dir``, the day's attendance workbooks per class after ``daily_at``
   (``gateway/export.py``; a worker thread on a read-only connection).
 
@@ -46,7 +48,7 @@ from gateway.keystore import KeystoreError
 from gateway.logs import setup_logging
 from gateway.metrics import GatewayMetrics, MetricsServer
 from gateway.notify import Notifier, build_channel, make_store
-from gateway.outbox import Enqueuer, OutboxService, build_adapter
+from gateway.outbox import Enqueuer, OutboxService, build_adapter, policy_from_config
 from gateway.reader_commands import CommandDispatcher
 from gateway.registry import Registry, RegistryError
 from gateway.rs485 import BusMaster
@@ -126,9 +128,11 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
                                 listeners=listeners)
         ingest = Ingest(conn, registry.key_ring(), config=config.ingest, metrics=metrics,
                         on_scans=rules.on_scans if with_rules else None)
-        outbox = OutboxService(ingest, adapters, outbox_conn, metrics=metrics)
+        policy = policy_from_config(config.outbox)  # [outbox]: forwarding and notifications
+        outbox = OutboxService(ingest, adapters, outbox_conn, metrics=metrics, policy=policy)
         staff = config.notify.staff
         notifications = OutboxService(ingest, channels, notify_conn, metrics=metrics,
+                                      policy=policy,
                                       store=make_store(staff.phone if staff else None))
         if config.metrics_listen:
             server = MetricsServer(metrics, config.metrics_listen)

@@ -43,7 +43,7 @@ import sys
 import time
 import zoneinfo
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,15 +206,18 @@ class School:
 
 
 @contextlib.asynccontextmanager
-async def school(tmp_path: Path, broker: MosquittoBroker, peer: Peer, **forward: object
+async def school(tmp_path: Path, broker: MosquittoBroker, peer: Peer, *,
+                 outbox: Mapping[str, object] | None = None, **forward: object
                  ) -> AsyncIterator[School]:
     """The day begins: roster imported, gateway started, every student absent (the session's
     cut-off has passed and no reader is registered), the absences on their way upstream, then
-    the readers registered and connected."""
+    the readers registered and connected. ``outbox``: keys of an ``[outbox]`` table (the
+    delivery timings); ``forward``: more keys of the ``[[forward]]`` table."""
     zone = school_zone(time.time())
     yesterday = (dt.datetime.now(zone) - dt.timedelta(days=1)).date()
     settings = {"max_batch": 10, "concurrency": 2, "parallel": 4, **forward}
     forward_lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    outbox_table = "".join(f"{key} = {value}\n" for key, value in (outbox or {}).items())
     (tmp_path / "gateway.toml").write_text(f"""\
 [gateway]
 school = "{SCHOOL}"
@@ -241,6 +244,8 @@ absent_at = "08:00"
 end = "11:30"
 min_stay_min = 30
 
+[outbox]
+{outbox_table}
 [[forward]]
 name = "{TARGET}"
 type = "edfi"
@@ -374,12 +379,14 @@ async def test_kill_9_mid_delivery_then_restart(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 async def test_upstream_down_for_long_the_breaker_opens_then_everything_goes_once(
         tmp_path: Path, mosquitto_broker: MosquittoBroker, peer: Peer) -> None:
-    # The gateway runs the deployed policy (gateway/outbox.py): the breaker opens after 5
-    # batches failed in a row and probes after 30 s +/- 20 %; that is what this test waits for.
-    async with school(tmp_path, mosquitto_broker, peer, max_batch=5) as s:
+    # The gateway runs the deployed policy (gateway/outbox.py) but for the cool-down, which
+    # [outbox] shortens from 30 to 10 s: the breaker opens after 5 batches failed in a row and
+    # probes after 10 s +/- 20 %; that is what this test waits for.
+    async with school(tmp_path, mosquitto_broker, peer, max_batch=5,
+                      outbox={"breaker_failures": 5, "breaker_cooldown_s": 10}) as s:
         await s.drained(15)
         await peer.close()  # the school's internet is down: connections refused
         await s.tap(1, [(n, ON_TIME) for n in range(16)])  # 32 items: 7 batches of 5
@@ -391,6 +398,7 @@ async def test_upstream_down_for_long_the_breaker_opens_then_everything_goes_onc
         probe_ms = s.breaker()[1]
         opened_ms = s.query("SELECT breaker_opened_ms FROM outbox_targets")[0][0]
         assert probe_ms is not None and opened_ms is not None
+        assert 8000 <= probe_ms - opened_ms <= 12_000, "not the [outbox] cool-down"
         # The upstream answers again, but only 503s; nothing may reach it before the probe.
         await peer.start()
         peer.inject(Fault(status=503), times=1000)

@@ -1,6 +1,7 @@
 """The outbox (gateway/outbox.py): enqueue with the event, batches and concurrency, retries,
-Retry-After, the circuit breaker, parking and operator retries, pause/resume, the order of an
-event's revisions, a crash mid-delivery, graceful stop, metrics, config and the operator's CLI.
+Retry-After, the circuit breaker, parking and operator retries, pause/resume, the operator's
+probe, the order of an event's revisions, a crash mid-delivery, graceful stop, metrics, config
+(``[[forward]]``, ``[outbox]``) and the operator's CLI.
 
 The upstream here is a test adapter over an in-memory peer that dedups on the idempotency key,
 as the real peers do (tests/peers/); the adapters' own HTTP behaviour is tested with theirs.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.machinery
 import json
@@ -28,18 +30,22 @@ import pytest
 from gateway import db, outbox
 from gateway.cli import build_parser
 from gateway.commands.run import run as run_gateway
-from gateway.config import AttendanceConfig, ConfigError, Session, load_config
+from gateway.config import AttendanceConfig, ConfigError, OutboxConfig, Session, load_config
 from gateway.forwarders import AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
 from gateway.ingest import Ingest
 from gateway.logs import JsonFormatter
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import (
+    DEFAULT_POLICY,
+    Breaker,
+    BreakerRow,
     Enqueuer,
     OutboxError,
     OutboxPolicy,
     OutboxService,
     TargetDelivery,
     build_adapter,
+    policy_from_config,
     retry_delay_s,
 )
 from gateway.rules import AttendanceRules, EventChange, EventKind, event_key, to_ms
@@ -987,6 +993,52 @@ def test_build_adapter_refuses_unknown_types_and_names_the_config(
     assert (info.value.path, info.value.key) == (path, "forward.x.fail")
 
 
+def test_the_outbox_table_sets_the_delivery_timings(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path, "")).outbox == OutboxConfig()
+    assert policy_from_config(OutboxConfig()) == DEFAULT_POLICY  # the same defaults
+    config = load_config(write_config(tmp_path, "", (
+        "[outbox]\npoll_s = 0.5\nretry_initial_s = 2\nretry_cap_s = 120.0\n"
+        "breaker_failures = 3\nbreaker_cooldown_s = 4\nbreaker_cooldown_cap_s = 60\n")))
+    assert config.outbox == OutboxConfig(poll_s=0.5, retry_initial_s=2.0, retry_cap_s=120.0,
+                                         breaker_failures=3, breaker_cooldown_s=4.0,
+                                         breaker_cooldown_cap_s=60.0)
+    policy = policy_from_config(config.outbox)
+    assert (policy.poll_s, policy.retry_initial_s, policy.retry_cap_s, policy.breaker_failures,
+            policy.breaker_cooldown_s, policy.breaker_cooldown_cap_s) == (
+        0.5, 2.0, 120.0, 3, 4.0, 60.0)
+    assert (policy.jitter, policy.probe_batch) == (DEFAULT_POLICY.jitter, 1)  # not in [outbox]
+    # the loop's backoff and breaker follow it
+    assert retry_delay_s(1, dataclasses.replace(policy, jitter=0.0), random.Random()) == 2.0
+    breaker = Breaker(dataclasses.replace(policy, jitter=0.0), random.Random())
+    assert [breaker.failure(NOW, "down") for _ in range(3)] == [False, False, True]
+    assert breaker.row.probe_ms == NOW + 4000
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ("poll_s = 0", "outbox.poll_s", "between 0.1 and 60, not 0"),
+    ("poll_s = \"1s\"", "outbox.poll_s", "must be a number"),
+    ("poll_s = true", "outbox.poll_s", "must be a number"),
+    ("poll_s = nan", "outbox.poll_s", "between 0.1 and 60"),
+    ("retry_initial_s = 0.5", "outbox.retry_initial_s", "between 1 and 3600, not 0.5"),
+    ("retry_cap_s = 100000", "outbox.retry_cap_s", "between 1 and 86400"),
+    ("retry_initial_s = 60\nretry_cap_s = 30", "outbox.retry_cap_s",
+     "must be at least retry_initial_s (60), not 30"),
+    ("breaker_failures = 0", "outbox.breaker_failures", "between 1 and 1000, not 0"),
+    ("breaker_failures = 2.5", "outbox.breaker_failures", "must be an integer"),
+    ("breaker_cooldown_s = -1", "outbox.breaker_cooldown_s", "between 1 and 3600"),
+    ("breaker_cooldown_cap_s = 10", "outbox.breaker_cooldown_cap_s",
+     "must be at least breaker_cooldown_s (30), not 10"),
+    ("breaker_cooldown = 5", "outbox.breaker_cooldown", "unknown key (misspelt?)"),
+    ("jitter = 0.1", "outbox.jitter", "unknown key"),
+])
+def test_bad_outbox_tables_name_the_key(tmp_path: Path, table: str, key: str,
+                                        reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, "", f"[outbox]\n{table}\n"))
+    assert info.value.key == key
+    assert reason in info.value.reason
+
+
 # -- the operator's CLI ------------------------------------------------------------------------
 
 
@@ -1085,6 +1137,164 @@ def test_cli_without_database_or_targets(tmp_path: Path, capsys: pytest.CaptureF
         build_parser().parse_args(["outbox", "--help"])
     help_text = capsys.readouterr().out
     assert "tạm dừng" in help_text and "resume sending" in help_text
+
+
+# -- the operator's probe ----------------------------------------------------------------------
+
+
+def test_the_breaker_adopts_only_an_earlier_probe_of_the_same_opening() -> None:
+    opened = BreakerRow("open", 3, opened_ms=NOW, probe_ms=NOW + 30_000)
+    breaker = Breaker(POLICY, random.Random(), opened)
+    # the row as it was before this opening (its probe time is past): ignored
+    assert not breaker.adopt_probe(BreakerRow("open", 3, NOW - 60_000, NOW - 30_000))
+    assert not breaker.adopt_probe(BreakerRow("closed"))
+    assert not breaker.adopt_probe(None)
+    assert not breaker.adopt_probe(opened)  # nothing new
+    assert not breaker.adopt_probe(dataclasses.replace(opened, probe_ms=NOW + 40_000))
+    assert breaker.allows(NOW + 1000) == "none"
+    assert breaker.adopt_probe(dataclasses.replace(opened, probe_ms=NOW + 1000))
+    assert breaker.row.probe_ms == NOW + 1000 and breaker.allows(NOW + 1000) == "probe"
+    breaker.probing()  # a probe in flight: its outcome decides, not the table
+    assert not breaker.adopt_probe(dataclasses.replace(opened, probe_ms=NOW))
+
+
+async def test_a_probe_request_makes_one_tried_item_due_when_none_is(
+        ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock, db_path: Path) -> None:
+    adapter = FakeAdapter(max_batch=1, concurrency=1)
+    events = Events(ingest, ["edfi"], clock)
+    await events.many(3)
+    adapter.down = TargetDown("connection refused")
+    cli = db.connect(db_path, migrate=False)
+    try:
+        with pytest.raises(OutboxError) as info:  # the gateway never ran it: no breaker
+            outbox.request_probe(cli, "edfi", clock())
+        assert info.value.code == "unknown_target"
+        async with outbox_of(ingest, read_conn, clock, adapter) as service:
+            delivery = service.deliveries["edfi"]
+            with pytest.raises(OutboxError) as info:
+                outbox.request_probe(cli, "edfi", clock())
+            assert info.value.code == "not_open" and "the breaker is closed" in str(info.value)
+            for _ in range(3):
+                assert await step(delivery) == 1
+            assert delivery.breaker.state == "open"  # every item waits 5 s, the probe 30 s
+            # a held notification looks like this: never tried, due later; it stays held
+            cli.execute("UPDATE outbox SET attempts = 0 WHERE item_id = 1")
+            clock.advance(1)
+            done = outbox.request_probe(cli, "edfi", clock())
+            assert (done.was_probe_ms, done.probe_ms, done.released, done.failures,
+                    done.last_error, done.paused) == (
+                NOW + 30_000, clock(), 1, 3, "connection refused", False)
+            assert rows(read_conn, "SELECT item_id FROM outbox WHERE next_attempt_ms <= ?",
+                        clock()) == [(2,)]
+            assert await step(delivery) == 1 and [i.item_id for i in adapter.calls[-1]] == [2]
+            assert delivery.breaker.state == "open"  # still down: a longer cool-down
+            assert delivery.breaker.row.probe_ms == clock() + 60_000
+            again = outbox.request_probe(cli, "edfi", clock())  # item 2 waits 10 s now
+            assert (again.was_probe_ms, again.released) == (clock() + 60_000, 1)
+            adapter.down = None
+            assert await step(delivery) == 1 and delivery.breaker.state == "closed"
+            assert [i.item_id for i in adapter.calls[-1]] == [3]  # the soonest due, made due
+            # the probes' items are released when it closes, the never-tried one is not
+            assert rows(read_conn, "SELECT item_id FROM outbox WHERE state = 'pending' AND "
+                                   "next_attempt_ms <= ?", clock()) == [(2,)]
+            assert await step(delivery) == 1 and await step(delivery) == 0
+            clock.advance(5)
+            assert await step(delivery) == 1
+        assert states(read_conn) == {"delivered": 3}
+    finally:
+        cli.close()
+
+
+async def test_outbox_probe_makes_the_running_loop_probe_at_once(
+        tmp_path: Path, peer_module: types.ModuleType, capsys: pytest.CaptureFixture[str],
+        clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, FORWARD)
+    c = str(path)
+    db_path = path.parent / "gateway.db"
+    monkeypatch.setattr("gateway.commands.outbox.system_clock", clock)
+    conn, read_conn = school_db(db_path), db.connect(db_path, migrate=False)
+    ingest = Ingest(conn, StaticKeyRing({}), clock=clock)
+    ingest.start()
+    adapter = FakeAdapter("so-gd", max_batch=2, concurrency=1)
+    adapter.down = TargetDown("connection refused")
+    service = OutboxService(ingest, [adapter], read_conn, clock=clock, policy=POLICY)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await until(lambda: "so-gd" in service.deliveries)
+        status, _, err = run_cli(capsys, "outbox", "probe", "--config", c, "so-gd")
+        assert status == 1 and err.startswith(
+            "Không cần thử lại / so-gd: the breaker is closed, nothing to probe")
+        await Events(ingest, ["so-gd"], clock).many(8)
+        delivery = service.deliveries["so-gd"]
+        await until(lambda: delivery.breaker.state == "open")  # three batches of two failed
+        adapter.down = None  # the target is back; the loop does not know for 30 s
+        await asyncio.sleep(0.1)
+        assert len(adapter.calls) == 3 and delivery.breaker.state == "open"
+
+        status, out, _ = run_cli(capsys, "outbox", "probe", "--config", c, "so-gd")
+        assert status == 0
+        assert out.splitlines() == [
+            "so-gd: ngắt mạch đang mở (3 lỗi liên tiếp, gần nhất: connection refused) / "
+            "breaker open (3 failures in a row, last: connection refused)",
+            "so-gd: thử gửi ngay / probe due now — thay vì sau / instead of in 30 s",
+            "Cổng đang chạy thử trong giây lát; nếu được, hàng chờ sẽ gửi tiếp / the running "
+            "gateway probes within a second; if the target answers, the backlog flows"]
+        # the fake clock stands still: only the operator's request can have made it due
+        await until(lambda: states(read_conn, "so-gd") == {"delivered": 8})
+        assert len(adapter.calls[3]) == 1  # one probe of one item, then the backlog
+        assert delivery.breaker.state == "closed"
+        assert rows(read_conn, "SELECT breaker, breaker_probe_ms FROM outbox_targets "
+                               "WHERE target = 'so-gd'") == [("closed", None)]
+        status, _, err = run_cli(capsys, "outbox", "probe", "--config", c, "so-gd", "--json")
+        assert status == 1 and "the breaker is closed" in err
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await ingest.close()
+        read_conn.close()
+        conn.close()
+    status, _, err = run_cli(capsys, "outbox", "probe", "--config", c, "nope")
+    assert status == 1 and err.startswith("Không có đích chuyển tiếp này / 'nope' is not")
+    status, _, err = run_cli(capsys, "outbox", "probe", "--config", c, "relay")
+    assert status == 1 and "'relay' has no breaker yet" in err  # configured, never run
+
+
+def test_notify_probe_and_a_paused_target(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    path = write_config(tmp_path, "", '[notify]\n[[notify.channel]]\nname = "sms"\n'
+                                      'type = "webhook"\n')
+    c = str(path)
+    monkeypatch.setattr("gateway.commands.outbox.system_clock", clock)
+    monkeypatch.setattr("gateway.commands.notify.system_clock", clock)
+    conn = school_db(path.parent / "gateway.db")
+    try:
+        row = BreakerRow("open", 5, opened_ms=NOW - 10_000, probe_ms=NOW + 20_000,
+                         last_error="HTTP 503")
+        outbox.save_breaker(conn, "sms", row, NOW, table="notify_channels")
+        assert outbox.set_paused(conn, "sms", True, NOW, table="notify_channels")
+        status, out, _ = run_cli(capsys, "notify", "probe", "--config", c, "sms", "--json")
+        assert status == 0 and json.loads(out) == {
+            "channel": "sms", "probe_ms": NOW, "was_probe_ms": NOW + 20_000, "released": 0,
+            "paused": True}
+        assert rows(conn, "SELECT breaker, breaker_probe_ms FROM notify_channels") == [
+            ("open", NOW)]
+        clock.advance(5)
+        status, out, _ = run_cli(capsys, "notify", "probe", "--config", c, "sms")
+        assert status == 0 and "it was already due" in out
+        assert "paused: no probe until resumed (attendance-gateway notify resume" in out
+        assert rows(conn, "SELECT breaker_probe_ms FROM notify_channels") == [(NOW,)]
+        outbox.save_breaker(conn, "sms", BreakerRow(), NOW, table="notify_channels")
+        status, _, err = run_cli(capsys, "notify", "probe", "--config", c, "sms")
+        assert status == 1 and err.startswith("Không cần thử lại / sms: the breaker is closed")
+        status, _, err = run_cli(capsys, "notify", "probe", "--config", c, "zalo")
+        assert status == 1 and err.startswith("Không có kênh này / 'zalo' is not")
+        # the same loop serves channels: the outbox CLI does not know them
+        status, _, err = run_cli(capsys, "outbox", "probe", "--config", c, "sms")
+        assert status == 1 and "not a [[forward]] target" in err
+    finally:
+        conn.close()
 
 
 # -- the service -------------------------------------------------------------------------------
