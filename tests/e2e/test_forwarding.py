@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 from aiohttp import web
@@ -142,12 +142,16 @@ async def cli(config: Path, *args: str) -> Any:
     return json.loads(out) if "--json" in args else out.decode()
 
 
+_P = TypeVar("_P")
+
+
 @dataclass
-class School:
-    """One school: its gateway, database, readers and the peer (see the module docstring)."""
+class GatewaySchool(Generic[_P]):
+    """One school run by the gateway command: its gateway, database, readers and an upstream
+    ``peer``; shared with tests/e2e/test_notify.py."""
 
     tmp: Path
-    peer: Peer
+    peer: _P
     zone: zoneinfo.ZoneInfo
     gateway: GatewayProcess
     readers: dict[int, AckingReader] = field(default_factory=dict)
@@ -172,14 +176,6 @@ class School:
         finally:
             conn.close()
 
-    def outbox(self) -> dict[str, int]:
-        return dict(self.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
-
-    def breaker(self) -> tuple[str, int | None]:
-        rows = self.query("SELECT breaker, breaker_probe_ms FROM outbox_targets "
-                          "WHERE target = ?", TARGET)
-        return (str(rows[0][0]), rows[0][1]) if rows else ("closed", None)
-
     def log_since(self, offset: int) -> bytes:
         return self.gateway.log.read_bytes()[offset:]
 
@@ -198,6 +194,19 @@ class School:
         started = time.monotonic()
         await r.send(r.sim.batch(records), deadline_s=15)
         return time.monotonic() - started
+
+
+@dataclass
+class School(GatewaySchool[Peer]):
+    """The forwarding tests' school (see the module docstring)."""
+
+    def outbox(self) -> dict[str, int]:
+        return dict(self.query("SELECT state, COUNT(*) FROM outbox GROUP BY state"))
+
+    def breaker(self) -> tuple[str, int | None]:
+        rows = self.query("SELECT breaker, breaker_probe_ms FROM outbox_targets "
+                          "WHERE target = ?", TARGET)
+        return (str(rows[0][0]), rows[0][1]) if rows else ("closed", None)
 
     async def drained(self, timeout_s: float) -> None:
         await until("the outbox drained", lambda: self.outbox().get("pending", 0) == 0,

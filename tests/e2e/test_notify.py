@@ -36,14 +36,11 @@ import base64
 import contextlib
 import datetime as dt
 import os
-import sqlite3
 import time
-import zoneinfo
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -55,7 +52,7 @@ from sim.broker import MosquittoBroker
 from sim.reader import SimulatedReader
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.mqtt_reader import AckingReader
-from tests.e2e.test_forwarding import Stamp, card, cli, school_zone, until
+from tests.e2e.test_forwarding import GatewaySchool, cli, school_zone, until
 from tests.peers.webhook import WebhookPeer
 
 SCHOOL = "e2e-notify"
@@ -106,52 +103,11 @@ class Peer(WebhookPeer):
 
 
 @dataclass
-class School:
-    tmp: Path
-    peer: Peer
-    zone: zoneinfo.ZoneInfo
-    gateway: GatewayProcess
-    readers: dict[int, AckingReader] = field(default_factory=dict)
-    stamp: Stamp = field(default_factory=Stamp)
-
-    @property
-    def config(self) -> Path:
-        return self.tmp / "gateway.toml"
-
-    @property
-    def db_path(self) -> Path:
-        return self.tmp / "gateway.db"
-
-    @property
-    def today(self) -> dt.date:
-        return dt.datetime.now(self.zone).date()
-
-    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db_path)
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+class School(GatewaySchool[Peer]):
+    """The notification test's school; the webhook receiver is its peer."""
 
     def messages(self) -> dict[str, int]:
         return dict(self.query("SELECT state, COUNT(*) FROM notify_messages GROUP BY state"))
-
-    def log_since(self, offset: int) -> bytes:
-        return self.gateway.log.read_bytes()[offset:]
-
-    async def start_gateway(self) -> None:
-        await asyncio.to_thread(self.gateway.start)
-
-    async def tap(self, reader: int, taps: Sequence[tuple[int, str]]) -> None:
-        """Students ``n`` tapping at local times today, uploaded by ``reader`` as one batch and
-        acknowledged (the ack follows the commit of the scans, their events and messages)."""
-        r = self.readers[reader]
-        records = []
-        for n, hhmm in taps:
-            self.stamp.at = dt.datetime.combine(self.today, dt.time.fromisoformat(hhmm),
-                                                tzinfo=self.zone).timestamp()
-            records.append(r.sim.tap(card(n)))
-        await r.send(r.sim.batch(records), deadline_s=15)
 
     async def delivered(self, timeout_s: float) -> None:
         await until("every message delivered", lambda: self.messages().get("pending", 0) == 0,
