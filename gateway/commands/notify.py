@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sqlite3
-import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import db, notify
-from gateway.commands import add_config_argument
+from gateway import notify
+from gateway.commands import Handler, add_config_argument, print_json, print_table, queue_command
 from gateway.commands.outbox import print_probe
-from gateway.config import NOTIFY_KINDS, GatewayConfig, load_config
+from gateway.config import NOTIFY_KINDS, GatewayConfig
 from gateway.outbox import OutboxError, TargetStatus, request_probe
 from gateway.rules import to_ms
 from gateway.types import system_clock
-
-Handler = Callable[[argparse.Namespace, GatewayConfig, sqlite3.Connection], int]
 
 _VI = {"unknown_target": "Không có kênh này", "not_parked": "Không gửi lại được",
        "bad_value": "Giá trị không hợp lệ", "not_open": "Không cần thử lại"}
@@ -57,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions.add_parser(
         "status", parents=[common],
         help="mỗi kênh: chờ, tạm gác, đã gửi hôm nay, ngắt mạch / per channel: pending, parked, "
-             "delivered today, breaker").set_defaults(func=_command(_status))
+             "delivered today, breaker").set_defaults(func=queue_command(_status, _VI))
 
     listing = actions.add_parser("list", parents=[common],
                                  help="tin nhắn của một kênh / a channel's messages")
@@ -65,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--state", choices=notify.MESSAGE_STATES, default="pending",
                          help="trạng thái / state (default pending)")
     listing.add_argument("--limit", type=int, default=50, metavar="N")
-    listing.set_defaults(func=_command(_list))
+    listing.set_defaults(func=queue_command(_list, _VI))
 
     audit = actions.add_parser(
         "audit", parents=[common],
@@ -74,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     audit.add_argument("--guardian", type=int, metavar="ID")
     audit.add_argument("--date", metavar="YYYY-MM-DD")
     audit.add_argument("--limit", type=int, default=200, metavar="N")
-    audit.set_defaults(func=_command(_audit))
+    audit.set_defaults(func=queue_command(_audit, _VI))
 
     retry = actions.add_parser("retry", parents=[common],
                                help="gửi lại tin tạm gác / send parked messages again")
@@ -82,20 +77,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     retry.add_argument("items", type=int, nargs="*", metavar="ITEM")
     retry.add_argument("--all", action="store_true",
                        help="mọi tin tạm gác của kênh / every parked message of the channel")
-    retry.set_defaults(func=_command(_retry))
+    retry.set_defaults(func=queue_command(_retry, _VI))
 
     for name, paused, text in (("pause", True, "tạm dừng gửi / stop sending"),
                                ("resume", False, "gửi tiếp / resume sending")):
         p = actions.add_parser(name, parents=[common], help=f"{text} (một kênh / a channel)")
         p.add_argument("channel", help="tên kênh / channel name")
-        p.set_defaults(func=_command(_pauser(paused)))
+        p.set_defaults(func=queue_command(_pauser(paused), _VI))
 
     probe = actions.add_parser(
         "probe", parents=[common],
         help="kênh đã hoạt động lại: thử gửi ngay, không chờ hết thời gian ngắt mạch / the "
              "channel is back: probe it now instead of waiting out the breaker's cool-down")
     probe.add_argument("channel", help="tên kênh / channel name")
-    probe.set_defaults(func=_command(_probe))
+    probe.set_defaults(func=queue_command(_probe, _VI))
 
     consent = actions.add_parser(
         "consent", parents=[common],
@@ -106,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     choice.add_argument("--withdraw", action="store_true", help="rút đồng ý / withdrawn")
     consent.add_argument("--source", required=True,
                          help="nguồn (vd. phiếu giấy ngày …) / source (e.g. paper form of …)")
-    consent.set_defaults(func=_command(_consent))
+    consent.set_defaults(func=queue_command(_consent, _VI))
 
     optout = actions.add_parser(
         "opt-out", parents=[common],
@@ -115,7 +110,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     optout.add_argument("kind", choices=NOTIFY_KINDS)
     optout.add_argument("--undo", action="store_true", help="bật lại / turn it back on")
     optout.add_argument("--source", required=True, help="nguồn / source")
-    optout.set_defaults(func=_command(_opt_out))
+    optout.set_defaults(func=queue_command(_opt_out, _VI))
 
     purge = actions.add_parser(
         "purge", parents=[common],
@@ -123,35 +118,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     who = purge.add_mutually_exclusive_group(required=True)
     who.add_argument("--student", metavar="ID")
     who.add_argument("--guardian", type=int, metavar="ID")
-    purge.set_defaults(func=_command(_purge))
-
-
-def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        config = load_config(args.config)
-        if not config.database.exists():
-            print(f"Lỗi / Error: không có cơ sở dữ liệu / no database at {config.database}",
-                  file=sys.stderr)
-            return 1
-        conn = db.connect(config.database)
-        try:
-            return handler(args, config, conn)
-        except OutboxError as exc:
-            print(f"{_VI.get(exc.code, 'Lỗi')} / {exc}", file=sys.stderr)
-            return 1
-        finally:
-            conn.close()
-    return run
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    purge.set_defaults(func=queue_command(_purge, _VI))
 
 
 def _local(config: GatewayConfig, ms: int | None) -> str:
@@ -185,7 +152,7 @@ def _status(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conne
                     "delivered_today": s.delivered_since, "breaker": s.breaker.state,
                     "last_error": s.breaker.last_error})
     if args.json:
-        _print_json(out)
+        print_json(out)
         return 0
     if not names:
         print("Chưa cấu hình kênh nào / no [[notify.channel]] configured")
@@ -196,7 +163,7 @@ def _status(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conne
         rows.append((str(o["channel"]), str(o["type"] or "-"), str(o["pending"]),
                      str(o["parked"]), str(o["delivered_today"]), str(o["breaker"]),
                      "có / yes" if o["paused"] else "không / no"))
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -206,7 +173,7 @@ def _list(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connect
         raise OutboxError("bad_value", "--limit must be at least 1")
     found = notify.messages(conn, name, args.state, args.limit)
     if args.json:
-        _print_json([{k: v for k, v in vars(m).items() if k != "text"} for m in found])
+        print_json([{k: v for k, v in vars(m).items() if k != "text"} for m in found])
         return 0
     if not found:
         print(f"{name}: không có tin nào / no {args.state} messages")
@@ -217,7 +184,7 @@ def _list(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connect
         rows.append((str(m.item_id), m.message_id[:12], m.kind, m.student_id or "-",
                      str(m.guardian_id or "staff"), m.school_date, str(m.attempts),
                      m.parked_reason or m.last_error or "-"))
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -225,7 +192,7 @@ def _audit(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
     found = notify.decisions(conn, student_id=args.student, guardian_id=args.guardian,
                              school_date=args.date, limit=args.limit)
     if args.json:
-        _print_json([vars(d) for d in found])
+        print_json([vars(d) for d in found])
         return 0
     if not found:
         print("Không có quyết định nào / no decisions")
@@ -237,7 +204,7 @@ def _audit(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
         rows.append((_local(config, d.decided_ms), f"{d.kind} ({d.change})",
                      d.student_id or "-", str(d.guardian_id or "-"), d.outcome,
                      f"{d.reason}: {vi} / {en}", d.state or "-"))
-    _table(rows)
+    print_table(rows)
     return 0
 
 
@@ -247,7 +214,7 @@ def _retry(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
         raise OutboxError("bad_value", "give the ITEM numbers or --all (one of them)")
     retried = notify.retry_parked(conn, name, None if args.all else args.items, system_clock())
     if args.json:
-        _print_json({"channel": name, "retried": retried})
+        print_json({"channel": name, "retried": retried})
         return 0
     print(f"{name}: {len(retried)} tin đã về hàng chờ / messages back to pending")
     return 0
@@ -259,7 +226,7 @@ def _pauser(paused: bool) -> Handler:
         name = _channel(config, args.channel)
         changed = notify.pause(conn, name, paused, system_clock())
         if args.json:
-            _print_json({"channel": name, "paused": paused, "changed": changed})
+            print_json({"channel": name, "paused": paused, "changed": changed})
         elif not changed:
             print(f"{name}: không đổi / unchanged ({'paused' if paused else 'running'})")
         else:
@@ -274,7 +241,7 @@ def _probe(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
     done = request_probe(conn, name, now, table=notify.TARGETS_TABLE, items="notify_messages",
                          column="channel")
     if args.json:
-        _print_json({"channel": name, "probe_ms": done.probe_ms,
+        print_json({"channel": name, "probe_ms": done.probe_ms,
                      "was_probe_ms": done.was_probe_ms, "released": done.released,
                      "paused": done.paused})
         return 0
@@ -287,7 +254,7 @@ def _consent(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conn
     changed = notify.set_consent(conn, args.guardian, bool(args.grant), args.source,
                                  system_clock())
     if args.json:
-        _print_json({"guardian": args.guardian, "consent": bool(args.grant),
+        print_json({"guardian": args.guardian, "consent": bool(args.grant),
                      "changed": changed})
     elif args.grant:
         print(f"Phụ huynh {args.guardian}: đã ghi nhận đồng ý / consent recorded"
@@ -302,7 +269,7 @@ def _opt_out(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conn
     changed = notify.set_opt_out(conn, args.guardian, args.kind, not args.undo, args.source,
                                  system_clock())
     if args.json:
-        _print_json({"guardian": args.guardian, "kind": args.kind, "opted_out": not args.undo,
+        print_json({"guardian": args.guardian, "kind": args.kind, "opted_out": not args.undo,
                      "changed": changed})
     else:
         state = "bật / on" if args.undo else "tắt / off"
@@ -317,7 +284,7 @@ def _purge(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
     subject: dict[str, Any] = ({"student": args.student} if args.student is not None
                                else {"guardian": args.guardian})
     if args.json:
-        _print_json({**subject, "removed": counts})
+        print_json({**subject, "removed": counts})
         return 0
     who = (f"học sinh / student {args.student}" if args.student is not None
            else f"phụ huynh / guardian {args.guardian}")

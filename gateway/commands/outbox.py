@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sqlite3
-import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway import db, outbox
-from gateway.commands import add_config_argument
-from gateway.config import GatewayConfig, load_config
+from gateway import outbox
+from gateway.commands import add_config_argument, print_json, print_table, queue_command
+from gateway.config import GatewayConfig
 from gateway.forwarders import ForwardTarget
 from gateway.outbox import Item, OutboxError, TargetStatus
 from gateway.rules import to_ms
 from gateway.types import system_clock
-
-Handler = Callable[[argparse.Namespace, GatewayConfig, sqlite3.Connection], int]
 
 _VI = {
     "unknown_target": "Không có đích chuyển tiếp này",
@@ -56,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status", parents=[common],
         help="mỗi đích: chờ, tạm gác, đã gửi hôm nay, ngắt mạch / per target: pending, parked, "
              "delivered today, breaker")
-    status.set_defaults(func=_command(_status))
+    status.set_defaults(func=queue_command(_status, _VI))
 
     listing = actions.add_parser(
         "list", parents=[common],
@@ -66,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="các mục tạm gác và lý do / parked items and why")
     listing.add_argument("--limit", type=int, default=50, metavar="N",
                          help="số mục / how many (default 50)")
-    listing.set_defaults(func=_command(_list))
+    listing.set_defaults(func=queue_command(_list, _VI))
 
     retry = actions.add_parser(
         "retry", parents=[common],
@@ -77,54 +72,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="số mục / item numbers (outbox list --parked)")
     retry.add_argument("--all", action="store_true",
                        help="mọi mục tạm gác của đích / every parked item of the target")
-    retry.set_defaults(func=_command(_retry))
+    retry.set_defaults(func=queue_command(_retry, _VI))
 
     pause = actions.add_parser(
         "pause", parents=[common],
         help="tạm dừng gửi tới một đích (vẫn xếp hàng) / stop sending to a target (items still "
              "queue up)")
     pause.add_argument("target", help="tên đích / target name")
-    pause.set_defaults(func=_command(_pause))
+    pause.set_defaults(func=queue_command(_pause, _VI))
 
     resume = actions.add_parser("resume", parents=[common],
                                 help="gửi tiếp tới một đích / resume sending to a target")
     resume.add_argument("target", help="tên đích / target name")
-    resume.set_defaults(func=_command(_resume))
+    resume.set_defaults(func=queue_command(_resume, _VI))
 
     probe = actions.add_parser(
         "probe", parents=[common],
         help="đích đã hoạt động lại: thử gửi ngay, không chờ hết thời gian ngắt mạch / the "
              "target is back: probe it now instead of waiting out the breaker's cool-down")
     probe.add_argument("target", help="tên đích / target name")
-    probe.set_defaults(func=_command(_probe))
-
-
-def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        config = load_config(args.config)  # ConfigError: reported by gateway/cli.py
-        if not config.database.exists():
-            print(f"Lỗi / Error: không có cơ sở dữ liệu / no database at {config.database}",
-                  file=sys.stderr)
-            return 1
-        conn = db.connect(config.database)  # DatabaseError: reported by gateway/cli.py
-        try:
-            return handler(args, config, conn)
-        except OutboxError as exc:
-            print(f"{_VI.get(exc.code, 'Lỗi')} / {exc}", file=sys.stderr)
-            return 1
-        finally:
-            conn.close()
-    return run
-
-
-def _print_json(value: object) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    probe.set_defaults(func=queue_command(_probe, _VI))
 
 
 def _configured(config: GatewayConfig) -> dict[str, ForwardTarget]:
@@ -196,7 +163,7 @@ def _status(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conne
     configured = _configured(config)
     names = list(configured) + sorted(n for n in found if n not in configured)
     if args.json:
-        _print_json([_status_json(n, configured.get(n), found.get(n, TargetStatus(n)), now)
+        print_json([_status_json(n, configured.get(n), found.get(n, TargetStatus(n)), now)
                      for n in names])
         return 0
     if not names:
@@ -230,7 +197,7 @@ def _status(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Conne
         if s.parked:
             notes.append(f"{name}: {s.parked} mục tạm gác, xem lý do / parked, see why: "
                          f"attendance-gateway outbox list --config {args.config} {name} --parked")
-    _table(rows)
+    print_table(rows)
     for note in notes:
         print(note)
     return 0
@@ -260,7 +227,7 @@ def _list(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connect
     state: outbox.ItemState = "parked" if args.parked else "pending"
     found = outbox.items(conn, name, state, args.limit)
     if args.json:
-        _print_json([_item_json(i) for i in found])
+        print_json([_item_json(i) for i in found])
         return 0
     if not found:
         print(f"{name}: không có mục nào {_STATE_VI[state]} / no {state} items")
@@ -278,7 +245,7 @@ def _list(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connect
         rows.append((str(i.item_id), f"{i.kind} ({_KIND_VI.get(i.kind, i.kind)})",
                      i.school_date, i.session, i.student_id or "-", i.class_id or "-",
                      f"{i.revision} {i.change}", str(i.attempts), *tail))
-    _table(rows)
+    print_table(rows)
     if len(found) == args.limit:
         print(f"… có thể còn nữa / there may be more: --limit {args.limit * 2}")
     if args.parked:
@@ -296,7 +263,7 @@ def _retry(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
         raise OutboxError("bad_value", "give the ITEM numbers or --all (one of them)")
     retried = outbox.retry_parked(conn, name, None if args.all else args.items, system_clock())
     if args.json:
-        _print_json({"target": name, "retried": retried})
+        print_json({"target": name, "retried": retried})
         return 0
     if not retried:
         print(f"{name}: không có mục nào tạm gác / nothing parked")
@@ -313,7 +280,7 @@ def _set_paused(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.C
     name = _target(config, conn, args.target, configured_only=True)
     changed = outbox.set_paused(conn, name, paused, system_clock())
     if args.json:
-        _print_json({"target": name, "paused": paused, "changed": changed})
+        print_json({"target": name, "paused": paused, "changed": changed})
         return 0
     if not changed:
         print(f"{name}: đã {'tạm dừng' if paused else 'đang gửi'} từ trước / already "
@@ -365,7 +332,7 @@ def _probe(args: argparse.Namespace, config: GatewayConfig, conn: sqlite3.Connec
     now = system_clock()
     done = outbox.request_probe(conn, name, now)
     if args.json:
-        _print_json({"target": name, "probe_ms": done.probe_ms,
+        print_json({"target": name, "probe_ms": done.probe_ms,
                      "was_probe_ms": done.was_probe_ms, "released": done.released,
                      "paused": done.paused})
         return 0
