@@ -33,7 +33,7 @@ PY_STAMP := $(STAMPS)/python-$(call content_hash,pyproject.toml constraints.txt)
 NODE_STAMP := node_modules/.stamp-$(call content_hash,package.json package-lock.json)
 
 .PHONY: help run test setup system-deps python-deps node-deps lint typecheck typecheck-firmware \
-	pytest gates clean distclean constraints
+	pytest gates browser-deps clean distclean constraints
 
 help:
 	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
@@ -75,6 +75,13 @@ $(PY_STAMP): | system-deps
 		micropython-esp32-stubs micropython-stdlib-stubs
 	@rm -rf $(STAMPS) && mkdir -p $(STAMPS) && touch $@
 
+# Only the tests need a browser (the dashboard's tests drive Debian's chromium headless).
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "setup: installing chromium for the dashboard's browser tests"; \
+		$(APT_INSTALL) chromium; \
+	fi
+
 node-deps: system-deps $(NODE_STAMP)
 
 $(NODE_STAMP): | system-deps
@@ -100,7 +107,7 @@ run: setup
 	$(PY) -m sim.demo
 
 # Every gate runs even if an earlier one failed, so one run shows all problems; pytest runs last.
-test: setup
+test: setup browser-deps
 	@failed=""; \
 	$(MAKE) lint || failed="$$failed ruff"; \
 	$(MAKE) typecheck || failed="$$failed mypy"; \
