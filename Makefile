@@ -3,6 +3,7 @@
 #   make run        start the demo (python -m sim.demo) after setup
 #   make test       setup, then every gate: ruff, mypy (gateway), mypy (firmware as MicroPython), pytest
 #                   extra pytest arguments: make test PYTEST_ARGS="-m 'not slow' -x"
+#   make bench      every benchmark under bench/, then docs/BENCHMARKS.md (about 10 minutes)
 #   make setup      install what is missing: apt packages (python3-venv, mosquitto, nodejs/npm),
 #                   .venv with pinned Python packages, pinned MicroPython WebAssembly VM (node_modules/)
 #   make lint | typecheck | typecheck-firmware | clean | distclean | constraints
@@ -33,10 +34,10 @@ PY_STAMP := $(STAMPS)/python-$(call content_hash,pyproject.toml constraints.txt)
 NODE_STAMP := node_modules/.stamp-$(call content_hash,package.json package-lock.json)
 
 .PHONY: help run test setup system-deps python-deps node-deps lint typecheck typecheck-firmware \
-	pytest gates browser-deps clean distclean constraints
+	pytest gates browser-deps bench clean distclean constraints
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,/^#$$/p' Makefile | sed '$$d; s/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------------------
 # Setup
@@ -105,6 +106,10 @@ constraints: system-deps
 
 run: setup
 	$(PY) -m sim.demo
+
+# Every benchmark under bench/, then docs/BENCHMARKS.md (about 10 minutes; not part of `make test`).
+bench: setup
+	$(PY) bench/report.py
 
 # Every gate runs even if an earlier one failed, so one run shows all problems; pytest runs last.
 test: setup browser-deps

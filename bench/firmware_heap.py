@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import Figure, add_json_argument, write  # noqa: E402
 from tests import project_files  # noqa: E402
 from tests.mpvm import MPVM  # noqa: E402
 
@@ -133,6 +134,7 @@ def _deployed_files() -> dict[str, bytes | str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--taps", type=int, default=500)
+    add_json_argument(parser)
     args = parser.parse_args()
     files = _deployed_files()
     files["r/boards/esp32-devkitc-mfrc522.json"] = (
@@ -166,6 +168,19 @@ def main() -> int:
     print(f"  modules resident: {' '.join(figures['modules'])}")
     print(f"  scans {figures['scans']}, "
           f"queued {figures['queue_depth']}, dropped {figures['dropped']}")
+    app_kb = figures["app_heap"] / 1024
+    write(args.json, "firmware_heap", [
+        Figure("heap_per_tap", "Reader firmware: heap allocated per tap", figures["per_tap"], "B",
+               "<= 2 KB", figures["per_tap"] <= 2048, f"MicroPython VM, {args.taps} taps"),
+        Figure("steady_heap_frozen", "Reader firmware: steady heap, modules frozen in the image",
+               data_kb, "KB", "<= 48 KB", data_kb <= 48,
+               f"the steady heap with .mpy modules ({app_kb:.1f} KB) minus their bytecode "
+               f"({code_heap / 1024:.1f} KB, measured in a second VM): computed, not measured "
+               "on a frozen image (building one needs ESP-IDF)"),
+        Figure("steady_heap_mpy", "Reader firmware: steady heap, modules as .mpy files", app_kb,
+               "KB", "<= 48 KB", app_kb <= 48, "bytecode in RAM: the deployment for development "
+               "boards, not the production image"),
+    ])
     return 0
 
 

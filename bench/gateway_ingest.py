@@ -13,7 +13,10 @@ takes them.
     rate, first to last message), then the same publishers send as many new records to the
     gateway, first running the ingest alone (no attendance rules), then as deployed; its rate
     counts *acks*, each published only after the record's commit. Target: gateway >= 0.7 x bare.
-(b) batched: 64-record batches; records acked per second. Target >= 20,000.
+(b) batched: 64-record batches; records acked per second. Target >= 20,000. Side by side: the same
+    number of rows inserted straight into a fresh database with the gateway's schema and pragmas
+    (``executemany``, one transaction per the gateway's mean group commit): what SQLite alone
+    takes on this disk, without MQTT, verification, dedup, timestamps or rules.
 (c) tap -> ack latency: 50 readers, 200 taps/s in total, each tap a one-record batch; from just
     before the publish to the ack's arrival at the reader. Target p99 <= 25 ms.
 (d) resident memory of the gateway process with 100 readers connected (each sent a heartbeat and
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 import aiomqtt  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
+from bench.results import Figure, add_json_argument, describe_machine, write  # noqa: E402
 from gateway import db  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from protocol import construct_codec, topics  # noqa: E402
@@ -240,7 +244,7 @@ class Readers:
 # -- (c) and (d): readers in this process ------------------------------------------------------
 
 
-async def _latency(port: int, readers: Readers, reader_ids: list[int], rate: float,
+async def ack_latencies(port: int, readers: Readers, reader_ids: list[int], rate: float,
                    seconds: float) -> list[float]:
     sent: dict[tuple[int, int], float] = {}
     latencies: list[float] = []
@@ -317,13 +321,37 @@ async def _connected(port: int, readers: Readers, gateway: Gateway, count: int) 
 # -- main --------------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], p: float) -> float:
+def _raw_sqlite(workdir: Path, readers: int, rows: int, group: int) -> float:
+    """Rows/s of plain ``executemany`` inserts into the gateway's schema, ``group`` rows per
+    transaction (the comparison of (b))."""
+    conn = db.connect(workdir / "raw.db")
+    registry = Registry.open(conn, workdir / "raw.key")
+    key_ids = {rid: registry.register(rid, f"raw {rid}", "main").key_id
+               for rid in range(1, readers + 1)}
+    raw = bytes(40)
+    now = int(time.time() * 1000)
+    records = [(rid, 1, i, "iso14443a:04a1b2c3", now, 1, i, now, now, "reader", key_ids[rid], raw)
+               for i in range(rows // readers + 1) for rid in key_ids][:rows]
+    insert = ("INSERT INTO scans (reader_id, boot, seq, card, reader_time_ms, clock_synced, "
+              "ticks_ms, received_ms, at_ms, time_source, key_id, raw) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    began = time.perf_counter()
+    for first in range(0, len(records), group):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(insert, records[first:first + group])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - began
+    conn.close()
+    return len(records) / elapsed
+
+
+def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 @contextlib.contextmanager
-def _broker(workdir: Path, inflight: int) -> Iterator[MosquittoBroker]:
+def bench_broker(workdir: Path, inflight: int) -> Iterator[MosquittoBroker]:
     lines = ["max_queued_messages 1000000", f"max_inflight_messages {inflight}"]
     with MosquittoBroker(workdir / "broker", extra_lines=lines) as broker:
         yield broker
@@ -340,6 +368,7 @@ def main() -> int:
     parser.add_argument("--inflight", type=int, default=100,
                         help="Mosquitto max_inflight_messages (default 100)")
     parser.add_argument("--quick", action="store_true", help="a fifth of everything")
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.messages //= 5
@@ -348,14 +377,14 @@ def main() -> int:
     per_reader = args.messages // args.publishers
     n = per_reader * args.publishers
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, \
-            _broker(Path(tmp), args.inflight) as broker:
+            bench_broker(Path(tmp), args.inflight) as broker:
         workdir = Path(tmp)
         gateway = Gateway(workdir, broker.port, readers=100)
         try:
             readers = Readers(gateway.keys)
             pubs = list(range(1, args.publishers + 1))
             print(f"Mosquitto 127.0.0.1:{broker.port}, max_inflight_messages {args.inflight}; "
-                  f"{os.cpu_count()} CPUs", flush=True)
+                  f"{describe_machine()}", flush=True)
 
             # (a) bare subscriber, then the gateway (ingest alone, then as deployed)
             def single(label: str) -> float:
@@ -374,6 +403,8 @@ def main() -> int:
             deployed = single("gateway")
             groups = (gateway.metric("attendance_group_commit_messages_sum"),
                       gateway.metric("attendance_group_commit_messages_count"))
+            group_records = gateway.metric("attendance_group_commit_records_sum")
+            group_count = gateway.metric("attendance_group_commit_records_count")
             print(f"(a) single-record QoS 1, {args.publishers} publishers, {n} messages each run:\n"
                   f"    bare paho subscriber   {bare:8,.0f} msg/s\n"
                   f"    gateway, ingest only   {ingest_only:8,.0f} records acked/s  "
@@ -390,13 +421,20 @@ def main() -> int:
             assert got == per * len(pubs)
             stored = gateway.metric("attendance_records_stored_total") - stored_before
             assert stored == per * len(pubs) * 64, stored
+            group = round((gateway.metric("attendance_group_commit_records_sum") - group_records)
+                          / max(1.0, gateway.metric("attendance_group_commit_records_count")
+                                - group_count))
+            raw_rows_s = _raw_sqlite(workdir, len(pubs), int(stored), max(1, group))
             print(f"(b) batches of 64 records: {batches_s * 64:,.0f} records/s "
-                  f"({batches_s:,.0f} batches/s; target >= 20,000 records/s)", flush=True)
+                  f"({batches_s:,.0f} batches/s; target >= 20,000 records/s)\n"
+                  f"    raw SQLite executemany, same rows, {group} per transaction: "
+                  f"{raw_rows_s:,.0f} rows/s (gateway {batches_s * 64 / raw_rows_s:.2f}x)",
+                  flush=True)
 
             # (c) tap -> ack latency
-            lat = asyncio.run(_latency(broker.port, readers, list(range(21, 71)), 200.0,
+            lat = asyncio.run(ack_latencies(broker.port, readers, list(range(21, 71)), 200.0,
                                        args.latency_s))
-            p50, p99 = _percentile(lat, 50) * 1000, _percentile(lat, 99) * 1000
+            p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
             print(f"(c) tap -> ack, 50 readers, 200 taps/s, {len(lat)} taps: p50 {p50:.1f} ms, "
                   f"p99 {p99:.1f} ms, max {max(lat) * 1000:.1f} ms, mean "
                   f"{statistics.mean(lat) * 1000:.1f} ms (target p99 <= 25 ms)", flush=True)
@@ -409,6 +447,24 @@ def main() -> int:
             print(f"(d) gateway with 100 readers connected: RSS {rss:.1f} MB, peak {peak:.1f} MB "
                   f"(target <= 80 MB); the gateway of (a)-(c) peaked at {load_peak:.1f} MB",
                   flush=True)
+            write(args.json, "gateway_ingest", [
+                Figure("ingest_ratio", "Gateway ingest, single-record QoS 1, vs bare paho "
+                       "subscriber", deployed / bare, "x", ">= 0.7x", deployed / bare >= 0.7,
+                       f"gateway {deployed:,.0f} records acked/s, bare {bare:,.0f} msg/s, "
+                       f"ingest alone {ingest_only / bare:.2f}x; {n:,} messages per run"),
+                Figure("batched_rate", "Gateway ingest, 64-record batches", batches_s * 64,
+                       "records/s", ">= 20,000 records/s", batches_s * 64 >= 20_000,
+                       f"raw SQLite executemany of the same rows: {raw_rows_s:,.0f} rows/s "
+                       f"(gateway {batches_s * 64 / raw_rows_s:.2f}x)"),
+                Figure("ack_p99", "Tap -> ack p99, 50 readers, 200 taps/s", p99, "ms",
+                       "<= 25 ms", p99 <= 25, f"p50 {p50:.1f} ms, max {max(lat) * 1000:.1f} ms, "
+                       f"{len(lat):,} taps"),
+                Figure("rss_100", "Gateway resident memory, 100 readers connected", rss, "MB",
+                       "<= 80 MB", rss <= 80, f"peak {peak:.1f} MB; under load (a)-(c) "
+                       f"{load_peak:.1f} MB"),
+            ], comparisons={"bare_paho_msg_s": bare, "gateway_acked_s": deployed,
+                            "ingest_only_acked_s": ingest_only, "raw_sqlite_rows_s": raw_rows_s,
+                            "gateway_batched_records_s": batches_s * 64})
         finally:
             gateway.stop()
     return 0

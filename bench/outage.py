@@ -69,6 +69,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import Figure, add_json_argument, write  # noqa: E402
 from firmware.config import DEFAULTS as READER_DEFAULTS  # noqa: E402
 from firmware.ticks import ticks_add, ticks_ms  # noqa: E402
 from gateway import db  # noqa: E402
@@ -759,6 +760,17 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             if busy >= 0.5:  # threads that mostly waited are left out
                 _print_profile(f"gateway thread {path.name[len(base.name) + 1:]} "
                                f"({busy:.1f} s not waiting)", [path], 20)
+    records_s = (total if all_drained else in_db) / drain_s
+    write(args.json, "outage", [
+        Figure("outage_drain", f"Morning after an outage: {n} readers x {m:,} queued records, "
+               "all committed and acked", drain_s if all_drained else float("inf"), "s",
+               f"<= {TARGET_S:.0f} s", all_drained and drain_s <= TARGET_S,
+               f"{records_s:,.0f} records/s; gateway RSS peak {sampler.rss_peak_mb:.1f} MB"),
+        Figure("outage_lost", "Morning after an outage: records lost", lost, "records", "0",
+               lost == 0, "ground truth: every record the firmware made"),
+        Figure("outage_doubled", "Morning after an outage: records doubled", doubled, "records",
+               "0", doubled == 0, f"stored but never made: {unexpected}"),
+    ])
     if lost or doubled or unexpected or crashed:
         return 1
     return 0 if all_drained else 2
@@ -820,6 +832,7 @@ def main() -> int:
     parser.add_argument("--profile-gateway", metavar="FILE",
                         help="run the gateway command with cProfile on every thread "
                              "(FILE.main, FILE.<thread name>)")
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.readers, args.records = 10, 500
