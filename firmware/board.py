@@ -28,13 +28,15 @@ _ESP32 = {
     "rmii": (19, 21, 22, 25, 26, 27),
     "spi": (1, 2),
     "uart": (1, 2),
+    # MicroPython drives a UART's TX on its default pin unless told another: 1 -> 10, 2 -> 17.
+    "uart_tx": (-1, 10, 17),
 }
 CHIPS = {"esp32": _ESP32}
 
 # reader type -> (bus kind or None, {pin key: is an output})
 _READERS = {
     "mfrc522": ("spi", {"sck": True, "mosi": True, "miso": False, "cs": True, "rst": True}),
-    "rdm6300": ("uart", {"rx": False}),
+    "rdm6300": ("uart", {"rx": False, "tx": True}),
     "wiegand": (None, {"d0": False, "d1": False}),
 }
 _NETWORKS = ("wifi", "ethernet", "rs485")
@@ -131,8 +133,18 @@ def check_profile(profile: "Profile") -> "list[str]":
                              + str(reader[bus]) + " for applications (use "
                              + " or ".join(str(b) for b in chip[bus]) + ")")
         _int_field(reader, "baudrate", "reader.", 1200, 20_000_000)
+    if bus == "uart" and reader.get("tx") is None:
+        # The RDM6300 only talks, but the UART still drives its TX pin: reserve the default one.
+        default_tx = chip["uart_tx"][reader["uart"]]
+        if default_tx in chip["flash"] or default_tx in pins.used:
+            raise BoardError("reader.tx: UART " + str(reader["uart"]) + " would drive its "
+                             + "default TX, GPIO" + str(default_tx) + ", which is "
+                             + ("wired to the module's flash" if default_tx in chip["flash"]
+                                else "used by " + pins.used[default_tx])
+                             + "; name a free output pin as reader.tx")
+        pins.used[default_tx] = "reader.tx (UART " + str(reader["uart"]) + " default)"
     for key, output in reader_pins.items():
-        pins.add(reader, key, "reader.", output, optional=key == "rst")
+        pins.add(reader, key, "reader.", output, optional=key in ("rst", "tx"))
 
     for key in ("buzzer", "led_ok", "led_error"):
         pins.add(profile, key, "", True)

@@ -33,8 +33,12 @@ def build_reader(profile: "Profile") -> "CardReader":
         rst = machine.Pin(spec["rst"], machine.Pin.OUT, value=1) if "rst" in spec else None
         return MFRC522(spi, cs, rst)
     if kind == "rdm6300":
-        uart = machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
-                            rxbuf=512)
+        if "tx" in spec:  # otherwise the UART's default TX, which board.py reserved
+            uart = machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
+                                tx=spec["tx"], rxbuf=512)
+        else:
+            uart = machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
+                                rxbuf=512)
         return Em4100Reader(uart)
     d0 = machine.Pin(spec["d0"], machine.Pin.IN, machine.Pin.PULL_UP)
     d1 = machine.Pin(spec["d1"], machine.Pin.IN, machine.Pin.PULL_UP)

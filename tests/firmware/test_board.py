@@ -66,6 +66,11 @@ def _set(*path_and_value: Any) -> Any:
         ("esp32-devkitc-mfrc522", _set("reader", "spi", 3), "no SPI 3"),
         ("esp32-devkitc-rdm6300", _set("reader", "uart", 0), "no UART 0"),
         ("esp32-devkitc-rdm6300", _set("reader", "type", "pn532"), "reader.type: must be one of"),
+        ("esp32-devkitc-rdm6300", _set("buzzer", 17), "buzzer: GPIO17 is already used by "
+         "reader.tx (UART 2 default)"),
+        ("esp32-devkitc-rdm6300", _set("reader", "uart", 1), "reader.tx: UART 1 would drive its "
+         "default TX, GPIO10, which is wired to the module's flash"),
+        ("esp32-devkitc-rdm6300", _set("reader", "tx", 34), "reader.tx: GPIO34 is input-only"),
         ("esp32-devkitc-wiegand", _set("rs485", "de", 33), "rs485.de: GPIO33 is already used by "
          "reader.d1"),
         ("esp32-devkitc-wiegand", _set("rs485", "uart", 3), "rs485.uart: this chip has no UART 3"),
@@ -91,6 +96,13 @@ def test_rdm6300_and_rs485_cannot_share_a_uart() -> None:
     profile["rs485"] = {"uart": 2, "tx": 17, "rx": 4, "de": 13, "baudrate": 115200}
     with pytest.raises(BoardError, match="UART 2 is already used by the reader"):
         check_profile(profile)
+
+
+def test_rdm6300_with_its_own_tx_pin_frees_the_default_one() -> None:
+    profile = _profile("esp32-devkitc-rdm6300")
+    profile["reader"].update(uart=1, tx=4)
+    profile["buzzer"] = 17
+    check_profile(profile)
 
 
 def test_bad_json_is_a_board_error() -> None:
