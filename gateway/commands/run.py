@@ -37,7 +37,7 @@ import signal
 import sys
 from typing import Any
 
-from gateway import db
+from gateway import db, systemd
 from gateway.channels import Channel, Message
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
@@ -150,7 +150,8 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
                                        read_conn=commands_conn, metrics=metrics)
         try:
             await asyncio.gather(service.run(stop), dispatcher.run(stop), outbox.run(stop),
-                                 notifications.run(stop), *(bus.run(stop) for bus in buses))
+                                 notifications.run(stop), *(bus.run(stop) for bus in buses),
+                                 systemd.supervise(ingest, stop, service.connected))
         finally:
             for task in helpers:
                 task.cancel()
