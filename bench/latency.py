@@ -6,8 +6,9 @@
 batches at QoS 1 at each total rate in turn; the latency of a tap is from just before its publish
 to its ack's arrival at the reader. Two answerers, each in its own process, on the same broker:
 
-* **relay**: a bare paho client that answers every batch at once with an ack-shaped message on
-  the reader's ``down/ack`` (QoS 1), doing no work: what the broker and the clients alone cost;
+* **relay**: ``bench.gateway_ingest.relay``, a bare paho client that answers every batch at once
+  with an ack-shaped message on the reader's ``down/ack`` (QoS 1), doing no other work: what
+  the broker and the clients alone cost;
 * **gateway**: the real gateway command (verify, dedup, timestamps, rules, SQLite commit with
   ``synchronous=FULL``, then the signed ack).
 
@@ -19,50 +20,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-
 from bench.gateway_ingest import (  # noqa: E402
-    SCHOOL,
     Gateway,
     Readers,
     ack_latencies,
     bench_broker,
     percentile,
+    relaying,
 )
 from bench.results import Figure, add_json_argument, describe_machine, write  # noqa: E402
-from protocol import topics  # noqa: E402
 
 READERS = list(range(1, 51))
 PERCENTILES = (50, 90, 99)
-
-
-def _relay(port: int, ready: Any) -> None:
-    """Answer each batch with its first 18 bytes on the reader's ``down/ack``: the bytes the
-    latency listener reads (reader id, sequence), in the ack's places."""
-
-    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        reader_id = int.from_bytes(message.payload[2:6], "big")
-        client.publish(topics.topic(SCHOOL, reader_id, "down", "ack"), message.payload[:18],
-                       qos=1)
-
-    def on_subscribe(*args: Any) -> None:
-        ready.put(True)
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="relay")
-    client.on_message = on_message
-    client.on_subscribe = on_subscribe
-    client.connect("127.0.0.1", port)
-    client.subscribe(f"att/v1/{SCHOOL}/+/up/batch", qos=1)
-    client.loop_forever()
 
 
 def _sweep(port: int, readers: Readers, rates: list[int], seconds: float,
@@ -97,16 +73,8 @@ def main() -> int:
             bench_broker(Path(tmp), 100) as broker:
         gateway = Gateway(Path(tmp), broker.port, readers=len(READERS))
         readers = Readers(gateway.keys)
-        ctx = mp.get_context("spawn")
-        ready = ctx.Queue()
-        relay = ctx.Process(target=_relay, args=(broker.port, ready), daemon=True)
-        relay.start()
-        try:
-            ready.get(timeout=20)
+        with relaying(broker.port):
             relayed = _sweep(broker.port, readers, rates, args.seconds, "relay")
-        finally:
-            relay.terminate()
-            relay.join(10)
         try:
             gateway.start()
             answered = _sweep(broker.port, readers, rates, args.seconds, "gateway")
