@@ -82,6 +82,13 @@ data = { student_name = "{student}", class_name = "{class}", time = "{time}" }
 [[notify.channel]]         # gateway/channels/<type>.py; other keys are its settings
 name = "zalo"
 type = "zalo"
+
+[dashboard]                # the operations dashboard (gateway/dashboard/, docs/dashboard.md)
+listen = "127.0.0.1:8080"  # loopback by default; beyond it, put a TLS proxy in front
+session_idle_min = 30      # a session ends after this long without a request ...
+session_max_hours = 12     # ... and this long after the login, whatever happens
+cookie_secure = false      # true when browsers reach it over HTTPS
+anonymous_loopback_view = false   # true: read-only pages without a login, from loopback only
 ```
 
 Relative paths are relative to the configuration file (in a ``[[forward]]`` table: the settings
@@ -114,6 +121,7 @@ from protocol.errors import ProtocolError
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORWARD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 FORWARD_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_PORT = re.compile(r"[0-9]{1,5}")  # not str.isdecimal: other scripts' digits, 5000-digit int()
 _FORWARD_KEYS = ("name", "type", "enabled", "max_batch", "concurrency")
 
 
@@ -257,6 +265,18 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The ``[dashboard]`` table; ``enabled`` is False without one."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8080"
+    session_idle_min: int = 30
+    session_max_hours: int = 12
+    cookie_secure: bool = False
+    anonymous_loopback_view: bool = False
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     school: str
     database: Path
@@ -272,6 +292,7 @@ class GatewayConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def client_id(self) -> str:
@@ -645,6 +666,35 @@ def _notify(root: _Section) -> NotifyConfig:
     )
 
 
+def _listen(section: _Section, name: str, default: str) -> str:
+    """``host:port`` (an IPv6 host in brackets), port 1-65535."""
+    value = section._table.get(name, default)
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not (host and _PORT.fullmatch(port) and 0 < int(port) < 65536):
+        raise section.error(name, f"must be host:port (e.g. {default}), not {value!r}")
+    return str(value)
+
+
+def _dashboard(root: _Section) -> DashboardConfig:
+    if "dashboard" not in root._table:
+        return DashboardConfig()
+    section = root.table("dashboard")
+    section.check_known("enabled", "listen", "session_idle_min", "session_max_hours",
+                        "cookie_secure", "anonymous_loopback_view")
+    config = DashboardConfig(
+        enabled=section.boolean("enabled", True),
+        listen=_listen(section, "listen", "127.0.0.1:8080"),
+        session_idle_min=section.integer("session_idle_min", 30, 1, 24 * 60),
+        session_max_hours=section.integer("session_max_hours", 12, 1, 30 * 24),
+        cookie_secure=section.boolean("cookie_secure", False),
+        anonymous_loopback_view=section.boolean("anonymous_loopback_view", False),
+    )
+    if config.session_idle_min > config.session_max_hours * 60:
+        raise section.error("session_idle_min", f"must not exceed session_max_hours "
+                                                f"({config.session_max_hours} h)")
+    return config
+
+
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate the gateway configuration at ``path``."""
     try:
@@ -657,7 +707,7 @@ def load_config(path: Path) -> GatewayConfig:
         raise ConfigError(path, "(file)", f"is not valid TOML: {exc}") from None
     root = _Section(path, "", raw)
     root.check_known("gateway", "mqtt", "ingest", "rs485", "attendance", "metrics",
-                     "export", "forward", "notify", "outbox")
+                     "export", "forward", "notify", "outbox", "dashboard")
     gateway = root.table("gateway")
     gateway.check_known("school", "database", "master_key_file", "timezone")
     school = gateway.text("school")
@@ -703,4 +753,5 @@ def load_config(path: Path) -> GatewayConfig:
         path=path,
         notify=_notify(root),
         outbox=_outbox(root.table("outbox")),
+        dashboard=_dashboard(root),
     )

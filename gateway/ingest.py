@@ -150,6 +150,7 @@ class _Effects:
     command: reader_commands.Command | None = None  # issued automatically (set_time)
     error: str | None = None
     value: Any = None
+    scans: list[StoredScan] = field(default_factory=list)  # for the committed listeners
 
 
 class _QuarantineLog:
@@ -199,6 +200,8 @@ class Ingest:
         self._qlog = _QuarantineLog()
         self._seen: dict[int, ReaderSeen] = self._load_seen()
         self.metrics.watch_readers(lambda: self._seen, clock)
+        # Called on the event loop with the scans of each group, only once its COMMIT returned.
+        self.committed_listeners: list[Callable[[list[StoredScan]], None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -406,8 +409,11 @@ class Ingest:
         m.queue_depth.dec(len(jobs))
         loop = self._loop
         assert loop is not None
+        scans = [s for eff in effects for s in eff.scans] if committed else []
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             loop.call_soon_threadsafe(self._resolve, jobs, outcomes)
+            for listener in self.committed_listeners if scans else ():
+                loop.call_soon_threadsafe(listener, scans)
 
     def _apply(self, eff: _Effects) -> None:
         m = self.metrics
@@ -527,6 +533,7 @@ class Ingest:
                                      "a different record is stored under this identity",
                                      record.raw, record.reader_id, record.boot, record.seq)
             p.eff.stored = len(stored)
+            p.eff.scans = stored
             stored_all += stored
         self._write_boots()
         if stored_all and self._on_scans is not None:

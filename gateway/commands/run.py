@@ -41,6 +41,7 @@ from gateway import db, systemd
 from gateway.channels import Channel, Message
 from gateway.commands import add_config_argument
 from gateway.config import GatewayConfig, load_config
+from gateway.dashboard.app import Dashboard
 from gateway.export import DailyExport
 from gateway.forwarders import Adapter, ForwardTarget
 from gateway.ingest import Ingest
@@ -148,9 +149,11 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None, *,
         service = GatewayService(config, ingest)
         dispatcher = CommandDispatcher(ingest, mqtt=service, buses=buses,
                                        read_conn=commands_conn, metrics=metrics)
+        dashboard = Dashboard(config, ingest, metrics)  # [dashboard]: gateway/dashboard/
         try:
             await asyncio.gather(service.run(stop), dispatcher.run(stop), outbox.run(stop),
-                                 notifications.run(stop), *(bus.run(stop) for bus in buses),
+                                 notifications.run(stop), dashboard.run(stop),
+                                 *(bus.run(stop) for bus in buses),
                                  systemd.supervise(ingest, stop, service.connected))
         finally:
             for task in helpers:
