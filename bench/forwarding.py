@@ -12,7 +12,7 @@ through the CSV import API (``gateway.roster.import_sheet``), the readers throug
 Scans are written straight into ``scans`` and handed to the rules in the writer's transaction,
 as the ingest does once a record is verified: the ingest has its own benchmarks
 (bench/gateway_ingest.py, bench/outage.py), this one is about what happens after it. The
-upstream is the Ed-Fi-like peer of the tests (tests/peers/edfi.py: OAuth2, validation, upsert on
+upstream is the Ed-Fi-like peer of the tests (sim/peers/edfi.py: OAuth2, validation, upsert on
 the natural key) in a process of its own, with a fixed delay per request to stand in for a real
 ODS's database round trips.
 
@@ -49,7 +49,6 @@ import datetime as dt
 import logging
 import multiprocessing as mp
 import os
-import platform
 import random
 import sqlite3
 import sys
@@ -68,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp import web  # noqa: E402
 
+from bench.results import Figure, add_json_argument, describe_machine, write  # noqa: E402
 from gateway import db  # noqa: E402
 from gateway.config import AttendanceConfig, Session  # noqa: E402
 from gateway.forwarders import ForwardTarget  # noqa: E402
@@ -84,7 +84,7 @@ from gateway.roster import import_sheet  # noqa: E402
 from gateway.rules import AttendanceRules, from_ms, to_ms  # noqa: E402
 from gateway.types import Clock, StaticKeyRing, StoredScan, system_clock  # noqa: E402
 from sim.broker import free_port  # noqa: E402
-from tests.peers.edfi import (  # noqa: E402
+from sim.peers.edfi import (  # noqa: E402
     NAMESPACE,
     RESOURCE_PATH,
     TOKEN_PATH,
@@ -640,20 +640,6 @@ def print_drain(d: Drain, policy: OutboxPolicy) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _machine() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs{f' ({model})' if model else ''}, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, SQLite "
-            f"{sqlite3.sqlite_version}")
-
-
 async def run(args: argparse.Namespace, workdir: Path) -> int:
     secret = workdir / "edfi.secret"
     secret.write_text(CLIENT_SECRET + "\n", encoding="utf-8")
@@ -661,14 +647,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     counter = LogCounter()
     logging.getLogger().addHandler(counter)
     logging.getLogger().setLevel(logging.WARNING)
-    print(f"machine: {_machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"command: {Path(sys.executable).name} {' '.join(sys.argv)}", flush=True)
     failed = False
+    figures: list[Figure] = []
     if not args.skip_rates:
         print(f"\n(a) running {len(SETTINGS) * len(args.latency_ms)} runs ...", flush=True)
         runs = await rate_runs(workdir, secret, args.events, args.latency_ms, args.run_limit)
         print_rates(runs, args.events, args.run_limit)
         failed |= any(r.problems for r in runs)
+        figures += [Figure(f"edfi_rate_{r.latency_ms}ms_{r.label.replace(' ', '_')}",
+                           f"Events/s to the Ed-Fi peer, {r.latency_ms} ms per request, "
+                           f"{r.label}", r.delivered / r.elapsed_s if r.elapsed_s else 0.0,
+                           "events/s", "", None if not r.problems else False,
+                           f"max_batch {r.max_batch}, concurrency {r.concurrency}, parallel "
+                           f"{r.parallel}" + ("; stopped at the run limit" if r.limited else ""))
+                    for r in runs]
     print(f"\n(b) simulating the day for {args.students:,} students ...", flush=True)
     drain = await outage_day(workdir, secret, args.students, args.drain_latency_ms,
                              args.timeout)
@@ -677,6 +671,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"\ngateway log: {sum(counter.seen.values()):,} warnings and errors"
           + (f" ({'; '.join(f'{k} x{n:,}' for k, n in seen)})" if seen else ""))
     failed |= bool(drain.problems)
+    if drain.drain_s is not None:
+        figures.append(Figure(
+            "edfi_drain", f"Upstream back after 8 h: drain of {drain.pending_before:,} items, "
+            f"{drain.students:,} students", drain.drain_s, "s", "", not drain.problems,
+            f"after the breaker's next probe ({drain.probe_wait_s:,.0f} s simulated); every "
+            "event exactly once upstream: " + ("yes" if not drain.problems else "NO")))
+    write(args.json, "forwarding", figures)
     if failed:
         return 1
     return 0 if drain.drain_s is not None else 2
@@ -698,6 +699,7 @@ def main() -> int:
     parser.add_argument("--skip-rates", action="store_true", help="run (b) only")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 300 events, 300 students, 5 s per run")
+    add_json_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.events, args.students, args.run_limit = 300, 300, 5.0

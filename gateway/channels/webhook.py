@@ -14,7 +14,7 @@ Answers: 2xx delivered; 408 retry; 429, and 503 with Retry-After, retry after th
 rest of the batch waits); other 5xx, timeouts and refused connections: :class:`TargetDown`;
 other 3xx/4xx parked with the status.
 
-:func:`verify_webhook` is the receiver's side (tests/peers/webhook.py uses it; a school's own
+:func:`verify_webhook` is the receiver's side (sim/peers/webhook.py uses it; a school's own
 receiver may too).
 """
 

@@ -5,7 +5,7 @@ through a kill -9 mid-delivery, a long upstream outage and tokens expiring mid-b
   (tests/e2e/gateway_process.py), a real Mosquitto, the roster imported with
   ``attendance-gateway roster import --sheet``, one ``[attendance]`` session and one
   ``[[forward]]`` Ed-Fi target pointing at the peer.
-- The upstream: ``tests/peers/edfi.py`` (OAuth2 with expiring tokens, upsert on the natural key,
+- The upstream: ``sim/peers/edfi.py`` (OAuth2 with expiring tokens, upsert on the natural key,
   fault injection) running in this test's event loop, so everything the test does while the
   gateway runs is asynchronous (the gateway's start and kill go to a thread).
 - The readers: ``tests/e2e/mqtt_reader.AckingReader``, stop-and-wait on the gateway's ack like
@@ -54,10 +54,10 @@ from aiohttp import web
 from gateway import db
 from gateway.registry import Registry
 from sim.broker import MosquittoBroker
+from sim.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault, NaturalKey
 from sim.reader import SimulatedReader
 from tests.e2e.gateway_process import ROOT, GatewayProcess
 from tests.e2e.mqtt_reader import AckingReader
-from tests.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault, NaturalKey
 
 SCHOOL = "e2e-forwarding"
 TARGET = "so-gd"

@@ -6,7 +6,7 @@ webhook receiver, through a kill -9 while deliveries are in flight.
   imported with ``attendance-gateway roster import --sheet``, one ``[attendance]`` session, and
   ``[notify]`` with one ``[[notify.channel]]`` of type ``webhook`` pointing at the peer, its
   ``whsec_`` secret in a mode-600 file.
-- The receiver: ``tests/peers/webhook.py`` (verifies the Standard Webhooks signature and the
+- The receiver: ``sim/peers/webhook.py`` (verifies the Standard Webhooks signature and the
   timestamp, stores each ``webhook-id`` once and counts repeats), here slowed down so that
   deliveries are in flight when the gateway is killed. It runs in this test's event loop.
 - The readers: ``tests/e2e/mqtt_reader.AckingReader`` signing taps with a clock the test sets
@@ -49,11 +49,11 @@ from gateway import db
 from gateway.notify import message_id
 from gateway.registry import Registry
 from sim.broker import MosquittoBroker
+from sim.peers.webhook import WebhookPeer
 from sim.reader import SimulatedReader
 from tests.e2e.gateway_process import GatewayProcess
 from tests.e2e.mqtt_reader import AckingReader
 from tests.e2e.test_forwarding import GatewaySchool, cli, school_zone, until
-from tests.peers.webhook import WebhookPeer
 
 SCHOOL = "e2e-notify"
 CHANNEL = "school-app"

@@ -1,5 +1,5 @@
-"""The parent-notification channels against real local peers (tests/peers/webhook.py, zalo.py,
-sms.py) and a real hook executable.
+"""The parent-notification channels against real local peers (sim/peers/webhook.py, zalo.py,
+tests/peers/sms.py) and a real hook executable.
 
 Time is injected: the channels' clock (Unix ms) and the peers' clocks (seconds) are one
 FakeTime, moved by the tests. Every test also checks that nothing it logged holds a phone
@@ -30,12 +30,12 @@ from gateway.channels import zalo as zalo_channel
 from gateway.channels.webhook import WebhookVerificationError, sign, verify_webhook
 from gateway.config import ConfigError
 from gateway.forwarders import DeliveryResult, TargetDown
+from sim.peers.webhook import Fault as HookFault
+from sim.peers.webhook import WebhookPeer
+from sim.peers.zalo import Fault as ZaloFault
+from sim.peers.zalo import ZaloPeer
 from tests.log_text import logged_text
 from tests.peers.sms import SmsPeer
-from tests.peers.webhook import Fault as HookFault
-from tests.peers.webhook import WebhookPeer
-from tests.peers.zalo import Fault as ZaloFault
-from tests.peers.zalo import ZaloPeer
 
 NAME = "Nguyễn Văn An"
 PHONE = "84912345678"

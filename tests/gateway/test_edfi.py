@@ -1,4 +1,4 @@
-"""The Ed-Fi adapter against a real Ed-Fi-like HTTP peer (tests/peers/edfi.py).
+"""The Ed-Fi adapter against a real Ed-Fi-like HTTP peer (sim/peers/edfi.py).
 
 Time is injected: the adapter's clock (Unix ms) and the peer's token clock (seconds) are moved
 by the tests, so tokens expire without sleeping.
@@ -33,8 +33,8 @@ from gateway.ingest import Ingest
 from gateway.outbox import Enqueuer, OutboxPolicy, OutboxService, build_adapter
 from gateway.rules import AttendanceRules, event_key, from_ms, to_ms
 from gateway.types import StaticKeyRing, StoredScan
+from sim.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault
 from tests.log_text import logged_text
-from tests.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault
 
 ZONE = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
 STUDENTS = [f"01{n:08d}" for n in range(40)]  # 10-digit Ministry student ids

@@ -4,7 +4,7 @@ probe, the order of an event's revisions, a crash mid-delivery, graceful stop, m
 (``[[forward]]``, ``[outbox]``) and the operator's CLI.
 
 The upstream here is a test adapter over an in-memory peer that dedups on the idempotency key,
-as the real peers do (tests/peers/); the adapters' own HTTP behaviour is tested with theirs.
+as the real peers do (sim/peers/); the adapters' own HTTP behaviour is tested with theirs.
 """
 
 from __future__ import annotations

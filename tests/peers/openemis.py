@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 LOGIN_PATH = "/api/login"
 ABSENCES_PATH = "/api/v5/institution-student-absence-details"

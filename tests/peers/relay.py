@@ -30,7 +30,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 PATH = "/relay/v1/batches"
 FORMAT = "attendance-relay-batch/1"

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 PATH = "/sms"
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 RESOURCE_PATH = "/data/v3/ed-fi/studentSchoolAttendanceEvents"
 TOKEN_PATH = "/oauth/token"

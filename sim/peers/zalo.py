@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 SEND_PATH = "/message/template"
 TOKEN_PATH = "/v4/oa/access_token"

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from gateway.channels.webhook import WebhookVerificationError, verify_webhook
-from tests.peers import LoopbackServer
+from sim.peers import LoopbackServer
 
 PATH = "/hook"
 
