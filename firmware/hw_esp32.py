@@ -13,6 +13,8 @@ from firmware.feedback import Feedback
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from firmware.app import CardReader
     from firmware.board import Profile
     from firmware.clock import Clock
@@ -20,6 +22,14 @@ if TYPE_CHECKING:
     from firmware.net import NetLink
 
 WATCHDOG_MS = 8000
+
+
+def build_reader_uart(spec: "dict[str, Any]") -> "machine.UART":
+    """The UART of a UART card reader (``profile["reader"]``); also read raw by firmware/diag."""
+    if "tx" in spec:  # otherwise the UART's default TX, which board.py reserved
+        return machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
+                            tx=spec["tx"], rxbuf=512)
+    return machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"], rxbuf=512)
 
 
 def build_reader(profile: "Profile") -> "CardReader":
@@ -33,13 +43,7 @@ def build_reader(profile: "Profile") -> "CardReader":
         rst = machine.Pin(spec["rst"], machine.Pin.OUT, value=1) if "rst" in spec else None
         return MFRC522(spi, cs, rst)
     if kind == "rdm6300":
-        if "tx" in spec:  # otherwise the UART's default TX, which board.py reserved
-            uart = machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
-                                tx=spec["tx"], rxbuf=512)
-        else:
-            uart = machine.UART(spec["uart"], baudrate=spec["baudrate"], rx=spec["rx"],
-                                rxbuf=512)
-        return Em4100Reader(uart)
+        return Em4100Reader(build_reader_uart(spec))
     d0 = machine.Pin(spec["d0"], machine.Pin.IN, machine.Pin.PULL_UP)
     d1 = machine.Pin(spec["d1"], machine.Pin.IN, machine.Pin.PULL_UP)
     return WiegandReader(d0, d1)

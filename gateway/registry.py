@@ -103,6 +103,17 @@ def _check_text(what: str, value: str, longest: int) -> str:
     return value
 
 
+def _check_secrets(key: bytes, mqtt_password: str) -> tuple[bytes, str]:
+    if not isinstance(key, bytes) or len(key) != KEY_LEN:
+        raise RegistryError("bad_value", f"the key must be {KEY_LEN} bytes")
+    if not isinstance(mqtt_password, str) or not 16 <= len(mqtt_password) <= 128 \
+            or not mqtt_password.isascii() or not mqtt_password.isprintable() \
+            or any(c in mqtt_password for c in " :"):
+        raise RegistryError("bad_value", "the MQTT password must be 16-128 printable ASCII "
+                                         "characters without spaces or colons")
+    return key, mqtt_password
+
+
 def _check_reader_id(reader_id: int) -> int:
     if isinstance(reader_id, bool) or not isinstance(reader_id, int) \
             or not 1 <= reader_id <= READER_ID_MAX:
@@ -139,8 +150,10 @@ class Registry:
     # -- changes -------------------------------------------------------------------------------
 
     def register(self, reader_id: int, name: str, gate: str, *, bus_port: str | None = None,
-                 bus_address: int | None = None) -> Credentials:
-        """Add a reader with a fresh key and MQTT password, returned here and never again."""
+                 bus_address: int | None = None,
+                 given: tuple[bytes, str] | None = None) -> Credentials:
+        """Add a reader with a fresh key and MQTT password, returned here and never again
+        (``given``: the key and password ``attendance-provision`` made and put on the reader)."""
         reader_id = _check_reader_id(reader_id)
         name = _check_text("name", name, NAME_MAX)
         gate = _check_text("gate", gate, GATE_MAX)
@@ -169,7 +182,7 @@ class Registry:
                 "INSERT INTO readers (reader_id, name, gate, status, bus_port, bus_address, "
                 "created_ms) VALUES (?, ?, ?, 'active', ?, ?, ?)",
                 (reader_id, name, gate, bus_port, bus_address, now))
-            creds = self._new_generation(reader_id, now)
+            creds = self._new_generation(reader_id, now, given)
         log.info("reader registered", extra={"reader_id": reader_id, "reader_name": name,
                                              "gate": gate, "key_id": creds.key_id})
         return creds
@@ -213,7 +226,62 @@ class Registry:
                 (now, reader_id)).rowcount
         log.warning("reader revoked", extra={"reader_id": reader_id, "keys_revoked": count})
 
+    def replace(self, reader_id: int, key: bytes, mqtt_password: str) -> tuple[Credentials, int]:
+        """Move an active reader to a new board: the given key becomes its only active key and
+        every older key is revoked at once (the old board must not sign again). Returns the new
+        credentials and :meth:`last_boot`, which the new board must start above."""
+        now = self._clock()
+        with self._transaction():
+            self._active_reader(reader_id)
+            revoked = self._conn.execute(
+                "UPDATE reader_keys SET state = 'revoked', revoked_ms = ?, "
+                "sealed_mqtt_password = NULL WHERE reader_id = ? AND state != 'revoked'",
+                (now, reader_id)).rowcount
+            creds = self._new_generation(reader_id, now, (key, mqtt_password))
+            last = self.last_boot(reader_id)
+        log.warning("reader moved to a new board", extra={
+            "reader_id": reader_id, "key_id": creds.key_id, "keys_revoked": revoked,
+            "last_boot": last})
+        return creds, last
+
+    def undo_enrol(self, reader_id: int, key_id: int) -> bool:
+        """Take back key generation ``key_id`` of a reader whose board could not be written.
+
+        Only a generation that never verified a record can go; a reader left with no key at
+        all (a first enrolment) goes with it. Returns False when there was nothing to undo."""
+        with self._transaction():
+            row = self._row("SELECT 1 FROM reader_keys WHERE key_id = ? AND reader_id = ?",
+                            key_id, reader_id)
+            if row is None:
+                return False
+            if self._row("SELECT 1 FROM scans WHERE key_id = ? LIMIT 1", key_id):
+                raise RegistryError("bad_value", f"key {key_id} already signed records; revoke "
+                                                 "the reader instead")
+            self._conn.execute("DELETE FROM reader_keys WHERE key_id = ?", (key_id,))
+            if not self._row("SELECT 1 FROM reader_keys WHERE reader_id = ?", reader_id):
+                try:
+                    self._conn.execute("DELETE FROM readers WHERE reader_id = ?", (reader_id,))
+                except sqlite3.IntegrityError:
+                    raise RegistryError("bad_value", f"reader {reader_id} already has data; "
+                                                     "revoke it instead") from None
+        log.warning("reader enrolment undone", extra={"reader_id": reader_id, "key_id": key_id})
+        return True
+
     # -- reads ---------------------------------------------------------------------------------
+
+    def last_boot(self, reader_id: int) -> int:
+        """The highest boot number the gateway has seen from the reader (scans, boots,
+        heartbeats, quarantined claims), 0 when none: a replacement board starts above it, so
+        its ``(reader, boot, seq)`` identities are new and its records are not taken as
+        duplicates of the old board's."""
+        row = self._conn.execute(
+            "SELECT MAX(b) FROM ("
+            "SELECT MAX(boot) AS b FROM reader_boots WHERE reader_id = ? "
+            "UNION ALL SELECT MAX(boot) FROM scans WHERE reader_id = ? "
+            "UNION ALL SELECT MAX(boot) FROM reader_status WHERE reader_id = ? "
+            "UNION ALL SELECT MAX(boot) FROM quarantine WHERE reader_id = ?)",
+            (reader_id,) * 4).fetchone()
+        return int(row[0] or 0)
 
     def readers(self) -> list[Reader]:
         keys: dict[int, list[KeyInfo]] = {}
@@ -312,10 +380,14 @@ class Registry:
         if self._reader_row(reader_id)[0] != "active":
             raise RegistryError("reader_revoked", f"reader {reader_id} is revoked")
 
-    def _new_generation(self, reader_id: int, now: int) -> Credentials:
-        """Insert a new active key generation (inside the caller's transaction)."""
-        key = secrets.token_bytes(KEY_LEN)
-        password = secrets.token_urlsafe(_PASSWORD_BYTES)
+    def _new_generation(self, reader_id: int, now: int,
+                        given: tuple[bytes, str] | None = None) -> Credentials:
+        """Insert a new active key generation (inside the caller's transaction); ``given``: the
+        key and MQTT password made by the technician's tool, else fresh ones."""
+        if given is None:
+            key, password = secrets.token_bytes(KEY_LEN), secrets.token_urlsafe(_PASSWORD_BYTES)
+        else:
+            key, password = _check_secrets(*given)
         # The key id is chosen before inserting because the sealed blobs are bound to it; the
         # write lock of BEGIN IMMEDIATE makes MAX + 1 safe.
         key_id = int(self._conn.execute(

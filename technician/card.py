@@ -1,6 +1,8 @@
 """``attendance-card``: decode what a card reader captured into canonical IDs and printed forms.
 
-Uses the same protocol code as the reader, so what it prints is what the gateway will store.
+``decode`` takes one capture; ``watch PORT`` runs the reader's diagnostic loop
+(``firmware/diag.py``) over its serial console and decodes every capture it prints. Uses the same
+protocol code as the reader, so what it prints is what the gateway will store.
 """
 
 from __future__ import annotations
@@ -53,6 +55,58 @@ def decode(fmt: str, capture: str) -> dict[str, Any]:
             "forms": cardforms.printed_forms(tech, uid)}
 
 
+def watch_row(line: str) -> tuple[str, str, str, str] | None:
+    """``(format, capture, canonical id, printed forms)`` of one ``W|ticks|format|capture`` line
+    from the reader, None for other lines (the start and end markers included)."""
+    parts = line.strip().split("|", 3)
+    if len(parts) != 4 or parts[0] != "W" or parts[2] in ("start", "end"):
+        return None
+    fmt, capture = parts[2], parts[3]
+    if fmt == "error":
+        return fmt, capture, "-", "-"
+    try:
+        if fmt.startswith("uid-"):
+            tech = card.tech_code(fmt[4:])
+            uid = bytearray(_hex(capture))
+            card.check_uid(tech, uid)
+            result: dict[str, Any] = {"tech": fmt[4:], "uid": uid.hex().upper(),
+                                      "forms": cardforms.printed_forms(tech, uid)}
+        else:
+            result = decode(fmt, capture)
+    except (ProtocolError, ValueError) as exc:
+        detail = f"{exc.code}: {exc.detail}" if isinstance(exc, ProtocolError) else str(exc)
+        return fmt, capture, f"không hợp lệ / invalid ({detail})", "-"
+    forms = ", ".join(f"{k}={v}" for k, v in result["forms"].items())
+    return fmt, capture, f"{result['tech']}:{result['uid']}", forms
+
+
+def watch(port: str, seconds: int) -> int:
+    from technician.device import Device, DeviceError
+
+    code = (f"from firmware import diag, hw_esp32\n"
+            f"diag.watch(hw_esp32, '/', {int(seconds)})\n")
+    print("Đặt thẻ lên đầu đọc, Ctrl-C để dừng / tap cards, Ctrl-C stops", flush=True)
+    print(f"{'FORMAT':<12} {'CAPTURE':<30} {'CANONICAL ID':<30} PRINTED FORMS", flush=True)
+    try:
+        with Device(port) as device:
+            try:
+                for line in device.stream(code, seconds + 5 if seconds > 0 else 10 ** 9):
+                    row = watch_row(line)
+                    if row is not None:
+                        print(f"{row[0]:<12} {row[1]:<30} {row[2]:<30} {row[3]}", flush=True)
+                    elif line.startswith("W|") and "|end|" in line:
+                        break
+                    elif line.startswith(("Traceback", "OSError", "ImportError")):
+                        print(f"Lỗi trên thiết bị / error on the device: {line}",
+                              file=sys.stderr)
+            except KeyboardInterrupt:
+                device.interrupt()
+    except DeviceError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="attendance-card",
@@ -63,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     dec.add_argument("--format", required=True, choices=sorted(FORMATS),
                      help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     dec.add_argument("capture", nargs="+", help="dữ liệu đọc được / the captured data")
+    wat = commands.add_parser(
+        "watch", help="xem mọi lần đọc của đầu đọc đang nối / show every capture of a "
+                      "connected reader, decoded")
+    wat.add_argument("port", help="cổng nối tiếp / serial port, e.g. /dev/ttyUSB0")
+    wat.add_argument("--seconds", type=int, default=0,
+                     help="dừng sau N giây (0: đến Ctrl-C) / stop after N s (0: until Ctrl-C)")
     args = parser.parse_args(argv)
+    if args.command == "watch":
+        return watch(args.port, args.seconds)
     try:
         result = decode(args.format, " ".join(args.capture))
     except ProtocolError as exc:

@@ -2,7 +2,9 @@
 commands to readers (``command``, ``commands``: ``gateway/reader_commands.py``).
 
 ``add`` and ``rotate`` print the reader's new key and MQTT password once, for the technician to
-provision the reader; no other command ever prints a secret.
+provision the reader; no other command ever prints a secret. ``enrol`` is the machine interface of
+``attendance-provision``: the key and MQTT password it made come in as JSON on stdin (never in
+argv), the answer is one JSON object on stdout without secrets.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from gateway.broker_config import (
     write_broker_files,
 )
 from gateway.commands import add_config_argument
-from gateway.config import GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.keystore import KeystoreError
 from gateway.reader_commands import CONFIG_RANGES, Command, CommandError
 from gateway.registry import Credentials, Reader, Registry, RegistryError
@@ -141,6 +143,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="chờ kết quả tối đa S giây / wait up to S seconds for the result")
     command.set_defaults(func=_command(_send_command))
 
+    enrol = actions.add_parser(
+        "enrol", parents=[common],
+        help="cho attendance-provision: đăng ký khóa do công cụ tạo (JSON qua stdin) / for "
+             "attendance-provision: register a key it made (JSON on stdin)",
+        description="Kiểm tra, đăng ký, chuyển bo mạch hoặc hủy đăng ký; trả lời JSON / check, "
+                    "register, move to a new board or undo; answers JSON. Secrets: stdin "
+                    '{"key_hex": ..., "mqtt_password": ...}')
+    enrol.add_argument("reader_id", type=int, help="mã đầu đọc / reader id")
+    mode = enrol.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="chỉ kiểm tra, không đổi gì / only check, change nothing")
+    mode.add_argument("--replace", action="store_true",
+                      help="bo mạch mới cho đầu đọc có sẵn / a new board for an existing reader")
+    mode.add_argument("--undo", type=int, metavar="KEY_ID",
+                      help="hủy lần đăng ký KEY_ID / undo the enrolment of KEY_ID")
+    enrol.add_argument("--name", help="tên duy nhất (đầu đọc mới) / unique name (new reader)")
+    enrol.add_argument("--gate", help="cổng (đầu đọc mới) / gate (new reader)")
+    enrol.add_argument("--new", action="store_true",
+                       help="với --check: mã phải còn trống / with --check: the id must be free")
+    enrol.set_defaults(func=_enrol_command)
+
     history = actions.add_parser(
         "commands", parents=[common, as_json],
         help="các lệnh gần đây và trạng thái / recent commands and their status")
@@ -172,6 +195,69 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
             print(f"Lỗi / Error: {exc}", file=sys.stderr)
             return 2
     return run
+
+
+def _enrol_command(args: argparse.Namespace) -> int:
+    """Every outcome is one JSON object: ``{"ok": true, ...}`` or ``{"ok": false, "code",
+    "message"}`` (exit status 1), so the technician's tool never parses prose."""
+    def fail(code: str, message: str) -> int:
+        print(json.dumps({"ok": False, "code": code, "message": message,
+                          "message_vi": _VI.get(code, "Lỗi")}, ensure_ascii=False))
+        return 1
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail("config", str(exc))
+    try:
+        with _registry(config) as registry:
+            result = _enrol(args, registry)
+    except RegistryError as exc:
+        return fail(exc.code, str(exc))
+    except (KeystoreError, db.DatabaseError, OSError) as exc:
+        return fail("gateway", str(exc))
+    print(json.dumps({"ok": True, "school": config.school, **result}))
+    return 0
+
+
+def _secrets() -> tuple[bytes, str]:
+    try:
+        given = json.loads(sys.stdin.read())
+        return bytes.fromhex(given["key_hex"]), str(given["mqtt_password"])
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError("bad_value", 'stdin must be {"key_hex": ..., "mqtt_password": ...}'
+                            ) from None
+
+
+def _enrol(args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+    reader_id = args.reader_id
+    known = {r.reader_id: r for r in registry.readers()}
+    if args.undo is not None:
+        return {"reader_id": reader_id, "undone": registry.undo_enrol(reader_id, args.undo)}
+    if args.check:
+        reader = known.get(reader_id)
+        if args.new and reader is not None:
+            raise RegistryError("duplicate_id", f"reader id {reader_id} is already registered")
+        if not args.new:
+            if reader is None:
+                raise RegistryError("unknown_reader", f"reader {reader_id} is not registered")
+            if reader.status != "active":
+                raise RegistryError("reader_revoked", f"reader {reader_id} is revoked")
+        names = {r.name for r in known.values()}
+        if args.new and args.name in names:
+            raise RegistryError("duplicate_name", f"the name {args.name!r} is already in use")
+        return {"reader_id": reader_id, "registered": reader is not None,
+                "gate": reader.gate if reader else None,
+                "last_boot": registry.last_boot(reader_id) if reader else 0}
+    key, password = _secrets()
+    if args.replace:
+        creds, last = registry.replace(reader_id, key, password)
+        return {"reader_id": reader_id, "key_id": creds.key_id, "last_boot": last,
+                "gate": registry.reader(reader_id).gate}
+    if args.name is None or args.gate is None:
+        raise RegistryError("bad_value", "a new reader needs --name and --gate")
+    creds = registry.register(reader_id, args.name, args.gate, given=(key, password))
+    return {"reader_id": reader_id, "key_id": creds.key_id, "last_boot": 0, "gate": args.gate}
 
 
 def _print_json(value: object) -> None:
