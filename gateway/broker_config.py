@@ -87,7 +87,8 @@ def password_file_text(accounts: Mapping[str, str], *,
 
 
 def acl_text(school: str, gateway_username: str, reader_ids: Iterable[int]) -> str:
-    """The ACL: each reader its own ``up`` (write) and ``down`` (read); the gateway the rest."""
+    """The ACL: each reader its own ``up`` leaves (write) and ``down`` (read); the gateway the
+    rest."""
     topics.check_school(school)
     check_gateway_username(gateway_username)
     base = f"att/v1/{school}"
@@ -95,7 +96,9 @@ def acl_text(school: str, gateway_username: str, reader_ids: Iterable[int]) -> s
            f"user {gateway_username}\n", f"topic read {base}/+/up/#\n",
            f"topic write {base}/+/down/#\n"]
     for reader_id in sorted(set(reader_ids)):
-        out += [f"\nuser {reader_id}\n", f"topic write {base}/{reader_id}/up/#\n",
+        # only the three leaves a reader publishes: a stolen password cannot invent topics
+        out += [f"\nuser {reader_id}\n",
+                *(f"topic write {base}/{reader_id}/up/{leaf}\n" for leaf in topics.UP_LEAVES),
                 f"topic read {base}/{reader_id}/down/#\n"]
     return "".join(out)
 

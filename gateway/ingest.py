@@ -81,6 +81,12 @@ JobKind = Literal["batch", "heartbeat", "result", "reject", "call", "drop"]
 T = TypeVar("T")
 
 QUARANTINE_RAW_MAX = 8192  # bytes of a rejected message kept for audit (its sha256 covers all)
+# Distinct rejected messages kept row by row, per source (the reader its transport authenticated,
+# or "unknown") and hour; beyond, one summary row per source, reason and hour counts the rest.
+# With the raw-bytes cap this bounds what one broker account can add: 60 x 8 KiB an hour.
+QUARANTINE_ROWS_PER_HOUR = 60
+QUARANTINE_KEEP_MS = 365 * 86_400_000  # rows last seen longer ago are deleted, hourly
+_HOUR_MS = 3_600_000
 _LOG_BURST = 20  # quarantine warnings per reason and minute; the rest are counted, then summed
 OFFSET_WRITE_MS = 100  # a reader's clock offset is rewritten when it moved at least this much
 _INSERT_CHUNK = 1024  # rows per INSERT statement (12 parameters each, SQLite allows 32766)
@@ -198,6 +204,8 @@ class Ingest:
         self._pending = 0
         self._idle = asyncio.Event()
         self._qlog = _QuarantineLog()
+        self._quarantine_rows: Counter[tuple[int | None, int]] = Counter()  # (source, hour)
+        self._pruned_hour = -1
         self._seen: dict[int, ReaderSeen] = self._load_seen()
         self.metrics.watch_readers(lambda: self._seen, clock)
         # Called on the event loop with the scans of each group, only once its COMMIT returned.
@@ -325,6 +333,7 @@ class Ingest:
         try:
             conn.execute("BEGIN IMMEDIATE")
             effects = self._handle_all(jobs)
+            self._prune_quarantine(jobs[-1].received_ms)
         except Exception as exc:
             self._rollback()
             if len(jobs) > 1:
@@ -458,19 +467,49 @@ class Ingest:
 
     def _quarantine(self, job: _Job, eff: _Effects, reason: str, detail: str, raw: bytes,
                     reader_id: int | None, boot: int | None, seq: int | None) -> None:
+        """Keep a rejected message for audit: the same bytes again only count on their row;
+        a source's distinct messages beyond QUARANTINE_ROWS_PER_HOUR go to a summary row."""
         digest = hashlib.sha256(raw).digest()
+        conn, now = self._conn, job.received_ms
+        eff.quarantined.append((reason, {"reader_id": reader_id, "boot": boot, "seq": seq,
+                                         "detail": detail, "transport": job.transport}))
+        if conn.execute("UPDATE quarantine SET last_ms = ?, times_seen = times_seen + 1 "
+                        "WHERE raw_sha256 = ? AND reason = ?", (now, digest, reason)).rowcount:
+            return
+        source, hour = job.reader_id, now // _HOUR_MS
+        if self._quarantine_rows[(source, hour)] >= QUARANTINE_ROWS_PER_HOUR:
+            who = "unknown" if source is None else str(source)
+            summary = hashlib.sha256(f"over the hourly limit {who} {hour}".encode()).digest()
+            conn.execute(
+                "INSERT INTO quarantine (first_ms, last_ms, times_seen, transport, reader_id, "
+                "reason, detail, raw, raw_sha256) VALUES (?, ?, 1, ?, ?, ?, ?, x'', ?) "
+                "ON CONFLICT (raw_sha256, reason) DO UPDATE SET last_ms = excluded.last_ms, "
+                "times_seen = times_seen + 1",
+                (now, now, job.transport, source, reason,
+                 f"more than {QUARANTINE_ROWS_PER_HOUR} distinct rejected messages from this "
+                 "source in one hour: counted here, not kept", summary))
+            return
+        if len(self._quarantine_rows) > 1024:  # sources of past hours
+            for key in [k for k in self._quarantine_rows if k[1] < hour]:
+                del self._quarantine_rows[key]
+        self._quarantine_rows[(source, hour)] += 1
         kept = raw[:QUARANTINE_RAW_MAX]
         if len(raw) > QUARANTINE_RAW_MAX:
             detail = f"{detail} (first {QUARANTINE_RAW_MAX} of {len(raw)} bytes kept)"
-        self._conn.execute(
+        conn.execute(
             "INSERT INTO quarantine (first_ms, last_ms, times_seen, transport, reader_id, boot, "
-            "seq, reason, detail, raw, raw_sha256) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (raw_sha256, reason) DO UPDATE SET last_ms = excluded.last_ms, "
-            "times_seen = times_seen + 1",
-            (job.received_ms, job.received_ms, job.transport, reader_id, boot, seq, reason,
-             detail, kept, digest))
-        eff.quarantined.append((reason, {"reader_id": reader_id, "boot": boot, "seq": seq,
-                                         "detail": detail, "transport": job.transport}))
+            "seq, reason, detail, raw, raw_sha256) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, now, job.transport, reader_id, boot, seq, reason, detail, kept, digest))
+
+    def _prune_quarantine(self, now_ms: int) -> None:
+        """Once an hour, in the group's transaction: rows not seen for QUARANTINE_KEEP_MS."""
+        if now_ms // _HOUR_MS == self._pruned_hour:
+            return
+        self._pruned_hour = now_ms // _HOUR_MS
+        pruned = self._conn.execute("DELETE FROM quarantine WHERE last_ms < ?",
+                                    (now_ms - QUARANTINE_KEEP_MS,)).rowcount
+        if pruned:
+            log.info("old quarantine rows pruned", extra={"rows": pruned})
 
     def _reject_message(self, job: _Job, eff: _Effects, exc: BatchRejected) -> _Effects:
         """Quarantine a whole message under the reader its transport named, else the claimed one."""

@@ -10,7 +10,9 @@ straight from the socket callback, in arrival order:
 * ``up/result`` → command result (it settles the command, ``gateway/reader_commands.py``);
 * a topic outside the tree, or another school's → quarantined as ``bad_topic``; a payload whose
   reader differs from the topic's → ``identity_mismatch`` (decided by verification);
-* a reader with ``max_pending_per_reader`` messages already waiting in the ingest is flooding:
+* a reader with ``max_pending_per_reader`` messages already waiting in the ingest is flooding
+  (messages on refused topics count against the reader the topic names, or all together when it
+  names none; the broker's ACL lets a reader publish only its three ``up`` leaves anyway):
   its further messages are dropped (counted in ``attendance_mqtt_dropped_total``, logged at most
   once a minute) until it falls below. A reader uploads stop-and-wait, so only a broken or
   hostile one gets there, or a pile of resends queued while the gateway was down; either way the
@@ -82,6 +84,15 @@ class _Session(aiomqtt.Client):
             self._client.ack(mid, qos)
 
 
+def _claimed_reader(topic: str) -> int:
+    """The reader a refused topic names (``att/v1/{school}/{reader}/...``), 0 when none: the
+    budget its messages are counted against, like a reader's own (``max_pending_per_reader``)."""
+    parts = topic.split("/", 4)
+    if len(parts) > 3 and parts[3].isascii() and parts[3].isdigit() and len(parts[3]) <= 10:
+        return int(parts[3])
+    return 0
+
+
 class GatewayService:
     """The MQTT session of one school's gateway, feeding :class:`gateway.ingest.Ingest`."""
 
@@ -113,8 +124,14 @@ class GatewayService:
                 raise ProtocolError("bad_topic", f"not an upstream topic of this school: {topic}")
         except ProtocolError as exc:
             self.metrics.mqtt_messages.labels("bad_topic").inc()
+            source = _claimed_reader(topic)
+            if self._pending[source] >= self._max_pending:
+                self._flooding(session, source, mid, qos)
+                return
+            self._pending[source] += 1
             self.ingest.submit("reject", None, payload, transport,
-                               lambda outcome: self._finish(session, mid, qos, None, outcome),
+                               lambda outcome: self._finish(session, mid, qos, None, outcome,
+                                                            source),
                                reason=exc.code, detail=exc.detail)
             return
         self.metrics.mqtt_messages.labels(leaf).inc()

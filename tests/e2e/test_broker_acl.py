@@ -192,12 +192,15 @@ def test_reader_cannot_publish_as_another_reader(school: School,
     reader.publish(_up(2), b"forged-qos0", qos=0)
     reader.publish(_down(1), b"forged-ack")  # and a reader cannot write down topics
     reader.publish(f"att/v1/{SCHOOL}/2/up", b"forged-short")
+    # its own tree, but no leaf a reader publishes: cannot be used to flood the gateway
+    reader.publish(_up(1, "nonsense"), b"own-tree-unknown-leaf", qos=0)
+    reader.publish(f"att/v1/{SCHOOL}/1/up/batch/more", b"own-tree-deeper")
     reader.publish(_up(1), b"marker")
     assert gateway.received_until(b"marker") == [(_up(1), b"marker")]
     time.sleep(0.2)
     assert gateway.messages.empty()
     log = broker.log_text()
-    for topic in (_up(2), _down(1)):
+    for topic in (_up(2), _down(1), _up(1, "nonsense")):
         assert re.search(rf"Denied PUBLISH from reader-1-\w+ .*'{re.escape(topic)}'", log), log
 
     # Over MQTT 5 the broker says so in the PUBACK.
@@ -325,7 +328,9 @@ def test_systemd_unit_restarts_the_gateway() -> None:
     assert settings["Restart"] in ("always", "on-failure")
     assert settings["User"] == "attendance"
     assert "readers" not in settings["ExecStart"] and " run " in settings["ExecStart"]
-    assert "WatchdogSec" not in settings  # the service does not notify systemd (yet)
+    # gateway/systemd.py notifies: READY once started, WATCHDOG while the writer answers
+    assert settings["Type"] == "notify" and settings["NotifyAccess"] == "main"
+    assert 0 < int(settings["WatchdogSec"].removesuffix("s")) <= 60
 
 
 def _write(path: Path, text: str) -> Path:

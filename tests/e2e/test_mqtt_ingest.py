@@ -288,3 +288,24 @@ async def test_a_flooding_reader_is_cut_short_and_counted(env: Env) -> None:
         assert ack["last_seq"] == 21
     assert gw.ingest.metrics.mqtt_dropped.labels("flooding")._value.get() == 17
     assert env.query("SELECT COUNT(*) FROM scans") == [(4,)]
+
+
+async def test_refused_topics_count_against_the_flood_limit_too(env: Env) -> None:
+    """Messages the gateway refuses by topic (a leaf that does not exist, no reader id) are
+    held to the same budget, per reader the topic names or all together: they cannot pile up
+    in the ingest either (docs/SECURITY.md)."""
+    async with gateway(env, max_pending=3) as gw, reader(env, 1) as r:
+        blocker = db.connect(env.db_path, migrate=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        for i in range(10):
+            await r.publish(b"leaf %d" % i, topic=f"att/v1/{SCHOOL}/1/up/nonsense")
+            await r.publish(b"no id %d" % i, topic=f"att/v1/{SCHOOL}/x/up/batch")
+        async with asyncio.timeout(10):
+            while gw.ingest.metrics.mqtt_dropped.labels("flooding")._value.get() < 14:
+                await asyncio.sleep(0.01)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        ack = await r.send(r.batch_of([CARD]))  # reader 1's own batches still go through
+        assert ack["last_seq"] == 1
+    assert gw.ingest.metrics.mqtt_dropped.labels("flooding")._value.get() == 14
+    assert env.query("SELECT COUNT(*) FROM quarantine WHERE reason = 'bad_topic'") == [(6,)]

@@ -416,6 +416,8 @@ def test_acl_grants_each_reader_its_own_topics_only() -> None:
     blocks = [b.strip().splitlines() for b in text.split("\n\n")[1:]]
     assert blocks == [
         ["user gateway", "topic read att/v1/thcs-a/+/up/#", "topic write att/v1/thcs-a/+/down/#"],
-        ["user 1", "topic write att/v1/thcs-a/1/up/#", "topic read att/v1/thcs-a/1/down/#"],
-        ["user 2", "topic write att/v1/thcs-a/2/up/#", "topic read att/v1/thcs-a/2/down/#"],
+        ["user 1", "topic write att/v1/thcs-a/1/up/batch", "topic write att/v1/thcs-a/1/up/status",
+         "topic write att/v1/thcs-a/1/up/result", "topic read att/v1/thcs-a/1/down/#"],
+        ["user 2", "topic write att/v1/thcs-a/2/up/batch", "topic write att/v1/thcs-a/2/up/status",
+         "topic write att/v1/thcs-a/2/up/result", "topic read att/v1/thcs-a/2/down/#"],
     ]
