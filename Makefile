@@ -4,6 +4,7 @@
 #   make test       setup, then every gate: ruff, mypy (gateway), mypy (firmware as MicroPython), pytest
 #                   extra pytest arguments: make test PYTEST_ARGS="-m 'not slow' -x"
 #   make bench      every benchmark under bench/, then docs/BENCHMARKS.md (about 10 minutes)
+#   make fuzz       coverage-guided fuzzing of every parser, SECONDS=60 per harness (docs/fuzzing.md)
 #   make setup      install what is missing: apt packages (python3-venv, mosquitto, nodejs/npm),
 #                   .venv with pinned Python packages, pinned MicroPython WebAssembly VM (node_modules/)
 #   make lint | typecheck | typecheck-firmware | clean | distclean | constraints
@@ -34,7 +35,7 @@ PY_STAMP := $(STAMPS)/python-$(call content_hash,pyproject.toml constraints.txt)
 NODE_STAMP := node_modules/.stamp-$(call content_hash,package.json package-lock.json)
 
 .PHONY: help run test setup system-deps python-deps node-deps lint typecheck typecheck-firmware \
-	pytest gates browser-deps bench clean distclean constraints
+	pytest gates browser-deps bench fuzz clean distclean constraints
 
 help:
 	@sed -n '3,/^#$$/p' Makefile | sed '$$d; s/^# \{0,1\}//'
@@ -145,6 +146,12 @@ typecheck-firmware:
 
 pytest:
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (atheris, x86_64): each harness in fuzz/ for SECONDS, one at a time;
+# new inputs are merged into fuzz/corpus/ (docs/fuzzing.md). The suite replays that corpus.
+SECONDS ?= 60
+fuzz: setup
+	$(PY) fuzz/run.py --seconds $(SECONDS) $(FUZZ_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 

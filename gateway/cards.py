@@ -13,6 +13,7 @@ import sqlite3
 from protocol import card, cardforms
 
 _SEPARATORS = re.compile(r"[\s:.\-]")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def card_id(tech: str | int, uid: bytes) -> str:
@@ -38,8 +39,10 @@ def normalize_number(text: str) -> str:
     """
     number = _SEPARATORS.sub("", text).upper()
     facility, comma, rest = number.partition(",")
-    if comma and facility.isdecimal() and rest.isdecimal():
-        return f"{int(facility)},{int(rest)}"
+    # ASCII digits only, zeros stripped as text: int() would take other scripts' digits and
+    # raise ValueError on a cell of more than 4300 digits
+    if comma and _DIGITS.fullmatch(facility) and _DIGITS.fullmatch(rest):
+        return f"{facility.lstrip('0') or '0'},{rest.lstrip('0') or '0'}"
     return number
 
 

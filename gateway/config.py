@@ -325,7 +325,10 @@ class _Section:
         return self.text(name) if name in self._table else None
 
     def path(self, name: str, default: str | None = None) -> Path:
-        value = Path(self.text(name, default))
+        text = self.text(name, default)
+        if "\0" in text:  # no file system takes it: os calls would raise ValueError later
+            raise self.error(name, "must not contain a NUL character")
+        value = Path(text)
         return value if value.is_absolute() else self._path.parent / value
 
     def integer(self, name: str, default: int, lowest: int, highest: int) -> int:
@@ -390,6 +393,8 @@ def _mqtt(section: _Section) -> MqttConfig:
             password = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise section.error("password_file", f"cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise section.error("password_file", f"{file} is not UTF-8 text") from None
     return MqttConfig(
         host=section.text("host", "127.0.0.1"),
         port=section.integer("port", 1883, 1, 65535),
@@ -718,7 +723,7 @@ def load_config(path: Path) -> GatewayConfig:
     zone_name = gateway.text("timezone", "Asia/Ho_Chi_Minh")
     try:
         zone = zoneinfo.ZoneInfo(zone_name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a folder
         raise gateway.error("timezone", f"unknown time zone {zone_name!r}") from None
     ingest = root.table("ingest")
     ingest.check_known("group_commit_ms", "group_commit_max", "repeat_window_s")
@@ -732,7 +737,7 @@ def load_config(path: Path) -> GatewayConfig:
     metrics.check_known("listen")
     listen = metrics._table.get("listen", "127.0.0.1:9108")
     host, _, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
-    if listen != "" and not (host and port.isdecimal() and 0 < int(port) < 65536):
+    if listen != "" and not (host and _PORT.fullmatch(port) and 0 < int(port) < 65536):
         raise metrics.error("listen", "must be host:port (e.g. 127.0.0.1:9108) or empty")
     return GatewayConfig(
         school=school,

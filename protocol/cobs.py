@@ -43,12 +43,14 @@ def encode_into(src: bytes | bytearray | memoryview, dst: bytearray | memoryview
 def decode_into(src: bytes | bytearray | memoryview, dst: bytearray | memoryview) -> int:
     """Decode one frame's ``src`` (no delimiters) into ``dst``; return the decoded size.
 
-    ``dst`` must hold ``len(src)`` bytes. Raises ``ProtocolError('bad_framing')`` on a zero byte
-    or a run that overruns the input.
+    The decoding is at most ``len(src) - 1`` bytes. Raises ``ProtocolError('bad_framing')`` on a
+    zero byte or a run that overruns the input, and ``ProtocolError('too_large')`` when the
+    decoding does not fit in ``dst``.
     """
     n = len(src)
     if n == 0:
         raise ProtocolError("bad_framing", "empty COBS chunk")
+    cap = len(dst)
     read = 0
     write = 0
     while read < n:
@@ -59,6 +61,9 @@ def decode_into(src: bytes | bytearray | memoryview, dst: bytearray | memoryview
         end = read + code - 1
         if end > n:
             raise ProtocolError("bad_framing", "COBS run overruns the frame")
+        # the run and the zero after it (if any): checked once per run, not per byte
+        if write + code - (1 if code == 0xFF or end == n else 0) > cap:
+            raise ProtocolError("too_large", "COBS decoding longer than its buffer")
         while read < end:
             byte = src[read]
             if byte == 0:

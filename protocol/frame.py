@@ -38,10 +38,11 @@ def _check_fields(addr: int, ftype: int, payload_len: int) -> None:
         raise ProtocolError("bad_field", "bus address " + str(addr) + " outside 1..247")
     if not POLL <= ftype <= NACK:
         raise ProtocolError("bad_field", "unknown frame type " + str(ftype))
-    if payload_len > MAX_PAYLOAD:
-        raise ProtocolError("too_large", "frame payload of " + str(payload_len) + " bytes")
+    # SPEC 9.1 order: a payload on idle/nack is trailing_bytes even when it is also too large
     if payload_len and (ftype in (IDLE, NACK)):
         raise ProtocolError("trailing_bytes", FTYPE_NAMES[ftype] + " frame carries a payload")
+    if payload_len > MAX_PAYLOAD:
+        raise ProtocolError("too_large", "frame payload of " + str(payload_len) + " bytes")
 
 
 class FrameEncoder:
@@ -74,8 +75,10 @@ class FrameEncoder:
 
 def decode_chunk(chunk: "Buf", body: "bytearray | memoryview"
                  ) -> "tuple[int, int, int, memoryview]":
-    """Decode the bytes between two delimiters into ``body`` (``MAX_BODY`` bytes at least).
+    """Decode the bytes between two delimiters into ``body``.
 
+    ``body`` should hold ``MAX_CHUNK - 1`` bytes (the longest decoding of a chunk); with a smaller
+    one (``MAX_BODY`` bytes at least) a chunk whose decoding does not fit is ``too_large``.
     Returns ``(addr, ftype, fseq, payload)`` with ``payload`` a view into ``body``.
     """
     if len(chunk) > MAX_CHUNK:
@@ -101,7 +104,7 @@ class FrameReader:
     def __init__(self, on_frame: "Callable[[int, int, int, memoryview], None]",
                  on_error: "Callable[[str], None]") -> None:
         self._chunk = bytearray(MAX_CHUNK)
-        self._body = bytearray(MAX_BODY)
+        self._body = bytearray(MAX_CHUNK)  # a chunk of MAX_CHUNK bytes decodes to up to 1033
         self._n = 0
         self._overflow = False
         self._on_frame = on_frame

@@ -141,7 +141,7 @@ def split_batch(data: "Buf", key: "Key") -> "tuple[int, int, int, int, list[memo
     for rec in slices:
         if struct.unpack_from(">II", rec, 2) != (reader_id, boot):
             raise ProtocolError("identity_mismatch", "record of another reader or boot")
-    previous = 0
+    previous = -1  # not 0: a record seq of 0 is step 6's to refuse (bad_field), not step 5's
     for rec in slices:
         seq = struct.unpack_from(">I", rec, 10)[0]
         if seq <= previous:
