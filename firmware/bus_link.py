@@ -114,7 +114,7 @@ class BusLink:
         self._rx = bytearray(_RX_BUF)
         self._chunk = bytearray(_CHUNK)
         self._chunk_mv = memoryview(self._chunk)
-        self._body = bytearray(frame.MAX_BODY)
+        self._body = bytearray(frame.MAX_CHUNK)  # a chunk's longest decoding
         self._k = 0  # bytes in _chunk, or _SKIP / _OVERSIZE
         self._encoder = frame.FrameEncoder()
         self._answer: memoryview | None = None  # the last answer's wire bytes (in _encoder)

@@ -33,6 +33,7 @@ from gateway.cards import card_id
 from gateway.registry import Registry
 from gateway.rs485 import BusMaster, BusTiming
 from protocol import card, construct_codec, frame
+from protocol.crc16 import crc16
 from tests.firmware.bus_rig import BAUD, BusHub, BusReader, DePin, Noise, RecordingIngest
 from tests.mpvm import MPVM
 
@@ -427,6 +428,19 @@ def test_framing_limits_foreign_traffic_and_odd_payloads(tmp_path: Path) -> None
     for byte in poll:  # one byte per read
         feed(link, bytes([byte]))
     assert link.bad_payloads == 1 and len(uart.sent) == 1 and link.polls == 1
+
+
+def test_an_idle_frame_with_a_long_payload_is_refused_like_the_gateway_refuses_it(
+        tmp_path: Path) -> None:
+    """The reader's body buffer holds a chunk's longest decoding, so a frame for it with an
+    over-long payload gets SPEC 9.1's verdict (trailing_bytes, as the gateway's FrameReader
+    gives), not a buffer-size one."""
+    reader, uart = lone_reader(tmp_path)
+    body = bytearray((ADDR, frame.IDLE, 0)) + bytes(1025)
+    crc = crc16(body)
+    body += bytes((crc >> 8, crc & 0xFF))
+    feed(reader.link, b"\x00" + construct_codec.cobs_encode(bytes(body)) + b"\x00")
+    assert (reader.link.bad_frames, reader.link.last_error, uart.sent) == (1, "trailing_bytes", [])
 
 
 def test_half_duplex_timing_and_answers_held_back(tmp_path: Path) -> None:
