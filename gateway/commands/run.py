@@ -19,6 +19,9 @@ ingest (``gateway/ingest.py``, whose writer thread is the database's only writer
   same ``[outbox]`` timings);
 * with ``[export] daily_dir``, the day's attendance workbooks per class after ``daily_at``
   (``gateway/export.py``; a worker thread on a read-only connection).
+* with ``[dashboard]``, the operations dashboard (``gateway/dashboard/``) on this event loop;
+* under systemd, ``sd_notify`` (``gateway/systemd.py``): READY once started, WATCHDOG while a
+  no-op transaction still goes through the ingest writer in time, STOPPING on the way out.
 
 A reader added, rotated or revoked with ``attendance-gateway readers`` reaches the running gateway
 within ``KEY_POLL_S`` seconds (keys and bus addresses). SIGTERM or SIGINT stop it gracefully:
