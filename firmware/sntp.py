@@ -14,6 +14,11 @@ an unsynchronised server (leap indicator 3, stratum above 15) or without a time.
 Async half: ``query`` sends one request over a non-blocking UDP socket and polls for the reply in
 short ``sleep_ms`` steps up to its timeout (MicroPython's asyncio has no UDP streams); packets
 that do not answer our request (stale or spoofed, truncated) are ignored while the timeout runs.
+A reply must come from the address the request went to (``recvfrom``; ``from_server`` compares
+host and port) *and* echo the request's transmit timestamp (its nonce): a datagram from another
+host or port is ignored unparsed, without ending the wait. An off-path device must then both guess
+the nonce and forge the server's source address; an on-path one can still do both
+(docs/SECURITY.md, actor 2), which the gateway answers by not believing a clock set back.
 The new time is the server's transmit time plus half the network delay, measured with the tick
 counter, so a wrong local clock does not matter. ``sync`` retries with ``Backoff`` and sets the
 clock. Name lookups (``getaddrinfo``) block on MicroPython: give servers as IP addresses.
@@ -173,6 +178,17 @@ class Sample:
         return t // 1000, t % 1000
 
 
+def from_server(source: object, server: object) -> bool:
+    """Whether a datagram's ``source`` address (from ``recvfrom``) is ``server``, the address the
+    request was sent to (from ``getaddrinfo``): same host and port. IPv6 flow and scope fields
+    are not compared; an address in any other form must be equal."""
+    if source == server:
+        return True
+    if isinstance(source, tuple) and isinstance(server, tuple):
+        return len(source) >= 2 and len(server) >= 2 and source[:2] == server[:2]
+    return False
+
+
 def _again(exc: OSError) -> bool:
     import errno
 
@@ -210,31 +226,37 @@ async def query(
         ignored: SntpError | None = None
         step = 1
         while True:
+            waiting = False
             try:
-                data = sock.recv(PACKET_LEN + 20)  # room for a MAC, which is not checked
+                data, source = sock.recvfrom(PACKET_LEN + 20)  # room for a MAC, not checked
             except OSError as exc:
                 if not _again(exc):
                     raise SntpError(E_NETWORK, "receive from " + host + ": " + repr(exc)) from None
-                left = ticks_diff(deadline, ticks_ms())
-                if left <= 0:
-                    timeout = SntpError(E_TIMEOUT, host + " in " + str(timeout_ms) + " ms")
-                    raise (ignored or timeout) from None
+                waiting = True
+            if not waiting and from_server(source, address):  # else: not our server, ignored
+                arrived = ticks_ms()
+                try:
+                    t2, t3, stratum = parse_reply(data, request)
+                except SntpError as exc:
+                    if exc.code > _UNRELATED:
+                        raise
+                    ignored = exc
+                else:
+                    t1 = unix_s * 1000 + ms
+                    t4 = t1 + ticks_diff(arrived, sent)
+                    offset, delay = offset_delay(t1, t2, t3, t4)
+                    delay = max(delay, 0)
+                    return Sample(t3 + delay // 2, offset, delay, stratum, arrived)
+            # the deadline holds also against a stream of ignored packets, and other tasks run
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                timeout = SntpError(E_TIMEOUT, host + " in " + str(timeout_ms) + " ms")
+                raise (ignored or timeout) from None
+            if waiting:
                 await sleep_ms(min(step, left))
                 step = min(step * 2, _STEP_MAX_MS)
-                continue
-            arrived = ticks_ms()
-            try:
-                t2, t3, stratum = parse_reply(data, request)
-            except SntpError as exc:
-                if exc.code > _UNRELATED:
-                    raise
-                ignored = exc
-                continue
-            t1 = unix_s * 1000 + ms
-            t4 = t1 + ticks_diff(arrived, sent)
-            offset, delay = offset_delay(t1, t2, t3, t4)
-            delay = max(delay, 0)
-            return Sample(t3 + delay // 2, offset, delay, stratum, arrived)
+            else:
+                await sleep_ms(0)  # read on at once: the answer may be queued behind it
     finally:
         sock.close()
 

@@ -276,6 +276,12 @@ print(outcome(reply(req, first=0xE4, stratum=0, refid=b"RSTR"), req))
 print(outcome(reply(req, stratum=16), req))
 print(outcome(reply(req, t3=(0, 0)), req))
 print(sntp.offset_delay(1000, 1510, 1520, 1040), sntp.offset_delay(5000, 2000, 2001, 5100))
+server = ("192.168.4.1", 123)
+print([sntp.from_server(source, server) for source in (
+    ("192.168.4.1", 123), ("192.168.4.1", 1123), ("192.168.4.7", 123), ("192.168.4.1",),
+    "192.168.4.1", bytes([2, 0, 0, 123, 192, 168, 4, 1]))],
+    sntp.from_server(("fe80::1", 123, 0, 2), ("fe80::1", 123, 0, 0)),
+    sntp.from_server(bytes([2, 0, 0, 123]), bytes([2, 0, 0, 123])))
 """
 
 
@@ -286,7 +292,8 @@ def test_packets_on_micropython_match_cpython(mpvm: MPVM) -> None:
     cpython = out.getvalue().splitlines()
     micropython = mpvm.run(VM_CODE).splitlines()
     assert micropython == cpython
-    assert len(cpython) == 15
+    assert len(cpython) == 16
+    assert cpython[15] == "[True, False, False, False, False, False] True True"
     assert cpython[4] == "(1699920000125, 1699920001750, 2)"
     assert cpython[5] == "(2085978512000, 2085978513500, 2)"  # NTP era 1
 
@@ -367,6 +374,54 @@ async def test_a_spoofed_reply_is_ignored_and_the_real_one_taken() -> None:
         clock = unsynced_clock()
         sample = await sntp.sync(clock, LOOPBACK, s.port, timeout_ms=1000, attempts=1)
         assert_synced(clock, s, sample)
+    finally:
+        s.close()
+
+
+class SpoofedServer(SntpServer):
+    """The real server on 127.0.0.1, and beside it a second UDP socket on 127.0.0.1 (another
+    port) that answers every request first with a well-formed reply -- the right originate
+    timestamp, a time 20 minutes behind -- as an on-LAN spoofer that saw the request would. The
+    real reply follows ``hold_ms`` later, or never when ``behaviour`` is ``silent``."""
+
+    def __init__(self, behaviour: str = "ok") -> None:
+        super().__init__(offset_s=42.0, behaviour=behaviour, hold_ms=30)
+        self.spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.spoofer.bind((LOOPBACK, 0))
+        self.spoofed = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        behind = self.now() - 20 * 60
+        self.spoofer.sendto(make_reply(data, behind, behind), addr)
+        self.spoofed += 1
+        super().datagram_received(data, addr)
+
+    def close(self) -> None:
+        self.spoofer.close()
+        super().close()
+
+
+async def test_a_reply_from_another_address_is_ignored_and_the_servers_taken() -> None:
+    s = await SpoofedServer().start()
+    try:
+        assert s.spoofer.getsockname()[1] != s.port
+        clock = unsynced_clock()
+        sample = await sntp.sync(clock, LOOPBACK, s.port, timeout_ms=1000, attempts=1)
+        assert s.spoofed == 1 and len(s.requests) == 1
+        assert_synced(clock, s, sample)  # the server's time, not the spoofer's 20 min behind
+    finally:
+        s.close()
+
+
+async def test_a_reply_only_from_another_address_is_no_answer() -> None:
+    s = await SpoofedServer(behaviour="silent").start()
+    try:
+        clock = unsynced_clock()
+        started = time.monotonic()
+        with err(sntp.E_TIMEOUT):  # ignored, not refused: the wait runs to its end
+            await sntp.query(LOOPBACK, s.port, 300, clock)
+        assert 0.29 <= time.monotonic() - started < 0.6
+        assert s.spoofed == 1 and not clock.synced
     finally:
         s.close()
 

@@ -452,3 +452,81 @@ async def test_other_writers_run_on_the_ingest_thread(ingest: Ingest,
     with pytest.raises(RuntimeError):
         await ingest.run_in_transaction(broken)
     assert rows(conn, "SELECT card FROM unknown_cards") == [("x",)]
+
+
+# -- a reader clock set back (gateway/timing.py, "A clock set back") ---------------------------
+
+MINUTE = 60_000
+
+
+class SyncedReader:
+    """A reader that booted at gateway time ``boot_ms``; its synced clock reads the gateway's
+    time plus ``offset_ms``; ``tap`` and ``heartbeat`` are its messages made at a true time."""
+
+    def __init__(self, boot_ms: int, offset_ms: int) -> None:
+        self.boot_ms, self.offset_ms = boot_ms, offset_ms
+
+    def tap(self, seq: int, true_ms: int) -> bytes:
+        return record(seq, at_ms=true_ms + self.offset_ms, ticks=true_ms - self.boot_ms)
+
+    def heartbeat(self, true_ms: int) -> bytes:
+        return heartbeat(uptime_s=(true_ms - self.boot_ms) // 1000,
+                         time_s=(true_ms + self.offset_ms) // 1000)
+
+
+async def test_a_reader_clock_set_back_is_not_believed_through_the_ingest(
+        ingest: Ingest, conn: sqlite3.Connection, clock: FakeClock) -> None:
+    """Twenty minutes behind (a spoofed NTP answer), live taps: the heartbeat on connect pins the
+    boot, each tap is placed from its receive bound, and the reader is flagged."""
+    reader = SyncedReader(NOW - 100_000, -20 * MINUTE)
+    clock.now = NOW + 15
+    await ingest.heartbeat(17, reader.heartbeat(NOW), "t")
+    taps = [NOW + 60_000 + i * 5_000 for i in range(3)]
+    for seq, tap in enumerate(taps, 1):
+        clock.now = tap + 30
+        await ingest.batch(17, batch([reader.tap(seq, tap)]), "t")
+    stored = rows(conn, "SELECT time_source, at_ms, reader_time_ms FROM scans ORDER BY seq")
+    for (source, at, claimed), tap in zip(stored, taps, strict=True):
+        assert source == "gateway" and tap <= at <= tap + 30
+        assert claimed == tap - 20 * MINUTE  # the reader's claim is kept for audit
+    assert rows(conn, "SELECT clock_health FROM reader_status") == [("drifting",)]
+    offset = rows(conn, "SELECT clock_offset_ms FROM reader_status")[0][0]
+    assert -20 * MINUTE - 1_000 <= offset <= -20 * MINUTE + 1_000
+    assert ingest.metrics.clock_implausible._value.get() == 3
+
+
+async def test_an_honest_reader_and_its_two_hour_backlog_keep_their_own_times(
+        ingest: Ingest, conn: sqlite3.Connection, clock: FakeClock) -> None:
+    """300 ms off, offline since the first bell: the records are two hours old in wall time and
+    in ticks alike, so their offset agrees with the bound and their own times are kept."""
+    reader = SyncedReader(NOW - 3 * 3_600_000, -300)
+    clock.now = NOW + 20
+    await ingest.heartbeat(17, reader.heartbeat(NOW), "t")
+    taps = [NOW - 2 * 3_600_000 + i * 90_000 for i in range(5)]
+    clock.now = NOW + 120
+    await ingest.batch(17, batch([reader.tap(seq, tap) for seq, tap in enumerate(taps, 1)]), "t")
+    assert rows(conn, "SELECT time_source, at_ms FROM scans ORDER BY seq") == [
+        ("reader", tap - 300) for tap in taps]
+    assert rows(conn, "SELECT clock_health FROM reader_status") == [("ok",)]
+    assert ingest.metrics.clock_implausible._value.get() == 0
+
+
+async def test_a_reader_clock_set_back_then_corrected_is_believed_again(
+        ingest: Ingest, conn: sqlite3.Connection, clock: FakeClock) -> None:
+    """The records made while the clock was set back keep their receive-bound times; after a
+    genuine sync the reader's own times are used again, and the flag is held."""
+    reader = SyncedReader(NOW - 100_000, -20 * MINUTE)
+    clock.now = NOW + 15
+    await ingest.heartbeat(17, reader.heartbeat(NOW), "t")
+    clock.now = NOW + 60_030
+    await ingest.batch(17, batch([reader.tap(1, NOW + 60_000)]), "t")
+    reader.offset_ms = 0  # the next sync reached the real server
+    clock.now = NOW + 600_010
+    await ingest.heartbeat(17, reader.heartbeat(NOW + 600_000), "t")
+    clock.now = NOW + 660_030
+    await ingest.batch(17, batch([reader.tap(2, NOW + 660_000)]), "t")
+    stored = rows(conn, "SELECT seq, time_source, at_ms FROM scans ORDER BY seq")
+    assert stored[0][1] == "gateway" and NOW + 60_000 <= stored[0][2] <= NOW + 60_030
+    assert stored[1] == (2, "reader", NOW + 660_000)
+    assert rows(conn, "SELECT clock_health FROM reader_status") == [("drifting",)]
+    assert ingest.metrics.clock_implausible._value.get() == 1

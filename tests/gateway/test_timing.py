@@ -9,6 +9,7 @@ from gateway.timing import (
     BootTime,
     ClockState,
     Observation,
+    Placement,
     RecordTime,
     TimingPolicy,
     assess_clock,
@@ -210,3 +211,131 @@ def test_a_queued_heartbeat_is_no_clock_fault_and_drift_is_flagged() -> None:
     assert set(healths[:6 * 4]) == {"ok"}  # 4 hours: 2 s off, within tolerance
     assert healths[-1] == "drifting"
     assert state is not None and state.offset_ms is not None and state.offset_ms < -10_000
+
+
+# -- a clock set back (docs/SECURITY.md, rogue device: NTP spoofing) ---------------------------
+
+MINUTE = 60_000
+
+
+def test_a_reading_behind_the_pinned_bound_by_more_than_max_offset_is_set_back() -> None:
+    bound = Anchor(100_000, T0 + 100_000, "gateway_receive")
+    edge = T0 + 100_000 - POLICY.max_offset_ms  # tick 100_000 read 5 s behind the bound
+    assert implausible(RecordTime(True, edge, 100_000), T0 + HOUR, bound, POLICY) is None
+    assert implausible(RecordTime(True, edge - 1, 100_000), T0 + HOUR, bound,
+                       POLICY) == "behind_bound"
+    # The crystal allowance over the ticks since the bound's reference, and a heartbeat's second.
+    later = 100_000 + HOUR
+    allowance = POLICY.rate_allowance(HOUR)
+    assert implausible(RecordTime(True, edge + HOUR - allowance, later), T0 + 2 * HOUR, bound,
+                       POLICY) is None
+    assert implausible(RecordTime(True, edge - 1_000, 100_000), T0 + HOUR, bound, POLICY,
+                       1_000) is None
+    # Not pinned by a heartbeat: the bound may be a backlog's own receive time, so no verdict.
+    assert implausible(RecordTime(True, edge - HOUR, 100_000), T0 + HOUR, bound, POLICY,
+                       pinned=False) is None
+
+
+def test_a_clock_set_back_is_not_believed_and_is_flagged() -> None:
+    reader = SimReader(offset_ms=-20 * MINUTE)  # a spoofed NTP answer before the first connect
+    connect = T0 + 30_000
+    boot, observation = reader.heartbeat(BootTime(), connect, connect + 15)
+    assert boot.pinned and boot.anchor is None and observation is not None
+    state = assess_clock(None, 1, [observation], boot.anchor, boot.bound, True, connect + 15,
+                         POLICY)
+    assert state.health == "drifting" and state.offset_ms is not None
+    assert state.offset_ms < -19 * MINUTE
+    taps = [T0 + 8 * HOUR + i * 7_000 for i in range(3)]  # live taps, a late student among them
+    for tap in taps:
+        placed, boot = place_batch([reader.record(tap, True)], tap + 40, boot, POLICY)
+        # Placed from the receive bound: at or after the tap, within the delivery time plus the
+        # heartbeat's truncated second, and never the 20-minutes-early reader time.
+        assert placed[0].source == "gateway" and placed[0].implausible == "behind_bound"
+        assert tap <= placed[0].at_ms <= tap + 40
+    state = assess_clock(state, 1, [_observe(reader, taps[-1])], boot.anchor, boot.bound, True,
+                         taps[-1] + 40, POLICY)
+    assert state.health == "drifting" and boot.anchor is None
+
+
+def test_a_backlog_is_old_in_time_not_in_offset() -> None:
+    # An honest reader, its clock 300 ms behind and its crystal 150 ppm slow, offline since early
+    # morning: the heartbeat on connect pins the bound, then two-hour-old records arrive.
+    reader = SimReader(offset_ms=-300, rate_ppm=150)
+    taps = [T0 + HOUR + i * 5 * MINUTE for i in range(4)]
+    reconnect = T0 + 3 * HOUR + 500
+    boot, observation = reader.heartbeat(BootTime(), reconnect, reconnect + 20)
+    assert boot.pinned and observation is not None
+    state = assess_clock(None, 1, [observation], boot.anchor, boot.bound, True, reconnect + 20,
+                         POLICY)
+    placed, boot = place_batch([reader.record(t, True) for t in taps], reconnect + 60, boot,
+                               POLICY)
+    assert [p.source for p in placed] == ["reader"] * 4
+    assert [p.at_ms for p in placed] == [reader.clock(t) for t in taps]
+    state = assess_clock(state, 1, [_observe(reader, t) for t in taps], boot.anchor, boot.bound,
+                         True, reconnect + 60, POLICY)
+    assert state.health == "ok"
+
+
+def test_a_batch_cannot_vouch_for_its_own_freshness() -> None:
+    # No heartbeat yet: a batch whose newest record is 20 minutes old is a late upload or a
+    # clock 20 minutes behind, the same bytes. It is believed, and the heartbeat that follows
+    # judges the boot from then on.
+    reader = SimReader(offset_ms=-20 * MINUTE)
+    tap = T0 + HOUR
+    placed, boot = place_batch([reader.record(tap, True)], tap + 20, BootTime(), POLICY)
+    assert placed[0].source == "reader" and not boot.pinned
+    assert boot.anchor is not None  # learned from the set-back clock...
+    boot, _ = reader.heartbeat(boot, tap + 60_000, tap + 60_010)
+    assert boot.pinned and boot.anchor is None  # ...and dropped once the bound is pinned
+    unsynced = reader.record(tap + 90_000, False)
+    placed, boot = place_batch([unsynced, reader.record(tap + 91_000, True)], tap + 91_030, boot,
+                               POLICY)
+    assert [p.source for p in placed] == ["gateway", "gateway"]
+    assert [p.implausible for p in placed] == [None, "behind_bound"]
+    assert 0 <= placed[0].at_ms - (tap + 90_000) <= 1_100
+
+
+def test_a_clock_set_back_within_a_boot_is_placed_from_its_honest_anchor() -> None:
+    reader = SimReader(offset_ms=0)
+    boot, _ = reader.heartbeat(BootTime(), T0 + 30_000, T0 + 30_010)
+    placed, boot = place_batch([reader.record(T0 + 40_000, True)], T0 + 40_010, boot, POLICY)
+    assert placed[0].source == "reader" and boot.anchor is not None
+    state = assess_clock(None, 1, [_observe(reader, T0 + 40_000)], boot.anchor, boot.bound, True,
+                         T0 + 40_010, POLICY)
+    reader.offset_ms = -20 * MINUTE  # a later, spoofed sync steps the clock back
+    tap = T0 + 7 * HOUR
+    placed, boot = place_batch([reader.record(tap, True)], tap + 25, boot, POLICY)
+    assert placed[0].source == "corrected" and placed[0].implausible == "behind_bound"
+    assert abs(placed[0].at_ms - tap) <= POLICY.rate_allowance(7 * HOUR)
+    state = assess_clock(state, 1, [_observe(reader, tap)], boot.anchor, boot.bound, True,
+                         tap + 25, POLICY)
+    assert state.health == "jumped"
+
+
+def test_a_clock_set_back_then_corrected_is_believed_again() -> None:
+    reader = SimReader(offset_ms=-20 * MINUTE)
+    boot, obs = reader.heartbeat(BootTime(), T0 + 30_000, T0 + 30_010)
+    state = assess_clock(None, 1, [obs] if obs else [], boot.anchor, boot.bound, True,
+                         T0 + 30_010, POLICY)
+    tap = T0 + HOUR
+    placed, boot = place_batch([reader.record(tap, True)], tap + 30, boot, POLICY)
+    assert placed[0].source == "gateway" and placed[0].implausible == "behind_bound"
+    state = assess_clock(state, 1, [_observe(reader, tap)], boot.anchor, boot.bound, True,
+                         tap + 30, POLICY)
+    assert state.health == "drifting" and state.baseline_ms is None  # no baseline from it
+    reader.offset_ms = 0  # the next sync reaches the real server
+    resync = T0 + 6 * HOUR
+    boot, obs = reader.heartbeat(boot, resync, resync + 10)
+    assert boot.anchor is not None and boot.anchor.error_ms == 1_000
+    state = assess_clock(state, 1, [obs] if obs else [], boot.anchor, boot.bound, True,
+                         resync + 10, POLICY)
+    assert state.baseline_ms is not None and abs(state.baseline_ms) <= 1_000
+    later = resync + 30 * MINUTE
+    placed, boot = place_batch([reader.record(later, True)], later + 30, boot, POLICY)
+    assert placed[0] == Placement(later, "reader")
+    state = assess_clock(state, 1, [_observe(reader, later)], boot.anchor, boot.bound, True,
+                         later + 30, POLICY)
+    assert state.health == "drifting"  # held for health_hold_ms after the set-back readings
+    cleared = assess_clock(state, 1, [], boot.anchor, boot.bound, True,
+                           tap + 30 + POLICY.health_hold_ms, POLICY)
+    assert cleared.health == "ok"
