@@ -20,7 +20,7 @@ import httpx
 
 from gateway.channels import ChannelConfig, Message
 from gateway.forwarders import DeliveryResult, TargetDown
-from gateway.forwarders._common import Settings, Throttled, retry_after_s, short
+from gateway.forwarders._common import Settings, Throttled, fetch, retry_after_s, short
 from gateway.types import Clock
 
 # Vietnamese mobile numbers since the 2018 renumbering: 84 + 3/5/7/8/9 + eight digits.
@@ -79,10 +79,11 @@ def http_client(*, timeout_s: float, verify: ssl.SSLContext | bool, connections:
 
 async def send(client: httpx.AsyncClient, method: str, url: str, what: str,
                **kwargs: Any) -> httpx.Response:
-    """One request; unreachable or timed out -> :class:`TargetDown` (never the URL's query or
-    the body in the reason)."""
+    """One request, its answer read up to ``MAX_ANSWER_BYTES`` (``fetch``); unreachable, timed
+    out or an answer too large -> :class:`TargetDown` (never the URL's query or the body in the
+    reason)."""
     try:
-        return await client.request(method, url, **kwargs)
+        return await fetch(client, method, url, **kwargs)
     except httpx.TimeoutException as exc:
         raise TargetDown(f"{what} timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:

@@ -1,6 +1,7 @@
 """What the upstream adapters share: typed reads of a ``[[forward]]`` table's settings (errors
-name ``forward.<name>.<key>``), secret files, HTTP's Retry-After, and sending a batch one item
-at a time to an upstream that has no batch write (``deliver_each``).
+name ``forward.<name>.<key>``), secret files, HTTP's Retry-After, every HTTP request with a
+bounded answer (``fetch``: at most ``MAX_ANSWER_BYTES`` read), and sending a batch one item at a
+time to an upstream that has no batch write (``deliver_each``).
 
 Used by ``gateway/forwarders/edfi.py``, ``openemis.py`` and ``relay.py``, and by the
 parent-notification channels (``gateway/channels``).
@@ -15,10 +16,13 @@ import logging
 import os
 import ssl
 import stat
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
+
+import httpx
 
 from gateway.config import ConfigError
 from gateway.forwarders import AttendanceItem, DeliveryResult, TargetDown
@@ -26,6 +30,13 @@ from gateway.forwarders import AttendanceItem, DeliveryResult, TargetDown
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 RETRY_AFTER_MAX_S = 86_400.0
 _SECRET_MAX = 4096
+# The largest answer read from an upstream or a channel, after decompression. The answers the
+# gateway reads are a token, a problem+json, a per-event result list: a few KiB. A hostile or
+# broken peer must not be able to fill the Pi's memory (docs/SECURITY.md, actor 6).
+MAX_ANSWER_BYTES = 1024 * 1024
+# Compressed answers are inflated here, a bounded piece at a time; brotli or zstd would be
+# inflated by httpx without a bound, so they are never asked for.
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 class Settings:
@@ -189,6 +200,82 @@ def short(text: str, limit: int = 300) -> str:
     """One line of at most ``limit`` characters, for a parked reason or a log field."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class AnswerTooLarge(httpx.TransportError):
+    """An answer longer than ``MAX_ANSWER_BYTES`` (declared, received or inflated): reading
+    stopped there. A transport error, so every adapter and channel treats it as the target
+    being down (``TargetDown``: the items stay pending and are retried later)."""
+
+
+class AnswerUndecodable(httpx.TransportError):
+    """An answer in a content-encoding we did not ask for, or a corrupt gzip/deflate body."""
+
+
+async def fetch(client: httpx.AsyncClient, method: str, url: str, *,
+                auth: httpx.Auth | None = None, limit: int = MAX_ANSWER_BYTES,
+                **kwargs: Any) -> httpx.Response:
+    """``client.request(method, url, **kwargs)``, reading at most ``limit`` bytes of the answer.
+
+    The answer is streamed: a ``Content-Length`` above ``limit`` is refused before its body, a
+    body (chunked or not) is read until it passes ``limit`` and no further, and gzip/deflate
+    are inflated a bounded piece at a time (a small compressed body cannot become a large
+    one). The whole body must arrive within the client's read timeout (a peer dripping a byte
+    at a time is a timeout, not a wait of hours). Raises :class:`AnswerTooLarge`,
+    :class:`AnswerUndecodable` or ``httpx.ReadTimeout`` (all ``httpx.TransportError``, as a
+    refused connection is), else returns the answer with its body read: ``.json()``,
+    ``.text`` and ``.content`` then work on at most ``limit`` bytes.
+    """
+    headers = httpx.Headers(kwargs.pop("headers", None))
+    headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
+    request = client.build_request(method, url, headers=headers, **kwargs)
+    response = await client.send(request, stream=True,
+                                 auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth)
+    try:
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isdecimal() and int(declared) > limit:
+            raise AnswerTooLarge(f"answer of {declared} bytes, more than {limit}",
+                                 request=request)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            inflate = None
+        elif encoding in ("gzip", "x-gzip", "deflate"):
+            inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or a zlib header
+        else:
+            raise AnswerUndecodable(f"answer in content-encoding {short(encoding, 40)!r}",
+                                    request=request)
+        body = bytearray()
+        received = 0
+        try:
+            async with asyncio.timeout(client.timeout.read):
+                async for raw in response.aiter_raw():
+                    received += len(raw)
+                    if received > limit:
+                        raise AnswerTooLarge(f"answer of more than {limit} bytes",
+                                             request=request)
+                    if inflate is None:
+                        body += raw
+                        continue
+                    try:  # at most one byte beyond what still fits: enough to know
+                        body += inflate.decompress(raw, limit - len(body) + 1)
+                    except zlib.error:
+                        raise AnswerUndecodable(f"answer is not valid {encoding}",
+                                                request=request) from None
+                    if len(body) > limit:
+                        raise AnswerTooLarge(f"answer inflating to more than {limit} bytes",
+                                             request=request)
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"answer not complete within {client.timeout.read} s",
+                                    request=request) from None
+    finally:
+        await response.aclose()
+    kept = httpx.Headers([(k, v) for k, v in response.headers.multi_items()
+                          if k.lower() not in ("content-encoding", "content-length",
+                                               "transfer-encoding")])
+    extensions = {k: v for k, v in response.extensions.items()
+                  if k in ("http_version", "reason_phrase")}
+    return httpx.Response(response.status_code, headers=kept, content=bytes(body),
+                          request=request, extensions=extensions)
 
 
 class Throttled(Exception):

@@ -38,7 +38,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.forwarders import AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
-from gateway.forwarders._common import Settings, Throttled, deliver_each, retry_after_s, short
+from gateway.forwarders._common import (
+    Settings,
+    Throttled,
+    deliver_each,
+    fetch,
+    retry_after_s,
+    short,
+)
 from gateway.rules import from_ms
 from gateway.types import Clock
 
@@ -458,8 +465,8 @@ class EdFiAdapter:
                     params: Mapping[str, str] | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            return await self._http.request(method, url, headers=headers, json=json,
-                                            params=params)
+            return await fetch(self._http, method, url, headers=headers, json=json,
+                               params=params)
         except httpx.TimeoutException as exc:
             raise TargetDown(f"{method} timed out after {self.settings.timeout_s:g} s "
                              f"({type(exc).__name__})") from None
@@ -483,15 +490,15 @@ class EdFiAdapter:
     async def _fetch_token(self) -> _Token:
         started = self._clock()
         try:
-            response = await self._http.post(
-                self.settings.token_url,
+            response = await fetch(
+                self._http, "POST", self.settings.token_url,
                 auth=httpx.BasicAuth(self.settings.client_id, self.settings.client_secret),
                 data={"grant_type": "client_credentials"})
         except httpx.TimeoutException:
             raise TargetDown(f"token endpoint timed out after {self.settings.timeout_s:g} s"
                              ) from None
         except httpx.TransportError as exc:
-            raise TargetDown(f"token endpoint unreachable: {type(exc).__name__}") from None
+            raise TargetDown(f"token endpoint failed: {type(exc).__name__}") from None
         status = response.status_code
         if status in (400, 401, 403):
             error = _problem(response).get("error") or ""

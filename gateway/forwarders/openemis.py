@@ -51,7 +51,14 @@ from typing import Any, Literal
 import httpx
 
 from gateway.forwarders import AttendanceItem, DeliveryResult, ForwardTarget, TargetDown
-from gateway.forwarders._common import Settings, Throttled, deliver_each, retry_after_s, short
+from gateway.forwarders._common import (
+    Settings,
+    Throttled,
+    deliver_each,
+    fetch,
+    retry_after_s,
+    short,
+)
 from gateway.types import Clock
 
 log = logging.getLogger("gateway.forward.openemis")
@@ -596,8 +603,8 @@ class OpenEmisAdapter:
 
     async def _send(self, method: Method, url: str, token: str, json: Any) -> httpx.Response:
         try:
-            return await self._http.request(method, url, json=json,
-                                            headers={"Authorization": f"Bearer {token}"})
+            return await fetch(self._http, method, url, json=json,
+                               headers={"Authorization": f"Bearer {token}"})
         except httpx.TimeoutException as exc:
             raise TargetDown(f"{method} timed out after {self.settings.timeout_s:g} s "
                              f"({type(exc).__name__})") from None
@@ -625,7 +632,7 @@ class OpenEmisAdapter:
         s = self.settings
         started = self._clock()
         try:
-            response = await self._http.post(s.login_url, json={
+            response = await fetch(self._http, "POST", s.login_url, json={
                 "username": s.username, "password": s.password, "api_key": s.api_key})
         except httpx.TimeoutException:
             raise TargetDown(f"login timed out after {s.timeout_s:g} s") from None

@@ -61,6 +61,7 @@ from gateway.forwarders._common import (
     LOOPBACK_HOSTS,
     PrivateFileError,
     Settings,
+    fetch,
     read_private_file,
     retry_after_s,
     short,
@@ -545,8 +546,8 @@ class RelayAdapter:
                     batch_id: str) -> list[DeliveryResult]:
         assert self._http is not None
         try:
-            response = await self._http.post(
-                self.settings.url, content=envelope,
+            response = await fetch(
+                self._http, "POST", self.settings.url, content=envelope,
                 headers={"Content-Type": CONTENT_TYPE, "Idempotency-Key": batch_id})
         except httpx.TimeoutException:
             raise TargetDown(f"POST timed out after {self.settings.timeout_s:g} s") from None

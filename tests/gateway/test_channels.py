@@ -34,6 +34,7 @@ from sim.peers.webhook import Fault as HookFault
 from sim.peers.webhook import WebhookPeer
 from sim.peers.zalo import Fault as ZaloFault
 from sim.peers.zalo import ZaloPeer
+from tests.gateway.oversized import OversizedPeer
 from tests.log_text import logged_text
 from tests.peers.sms import SmsPeer
 
@@ -406,6 +407,40 @@ async def test_sms_form_body_and_answers(tmp_path: Path, clock: FakeTime,
         closing.append(wrong)
         [result] = await wrong.deliver([message()])
         assert result.outcome == "parked" and "401" in result.reason
+
+
+# --- every HTTP channel: an answer too large to read --------------------------------------------
+
+@pytest.mark.parametrize("kind", ["webhook", "zalo", "sms"])
+async def test_an_oversized_answer_takes_the_channel_down(
+        kind: str, tmp_path: Path, clock: FakeTime, closing: list[Closable]) -> None:
+    """A 32 MiB answer is read to 1 MiB and no further (a webhook's body is read too, even
+    though nothing in it is used): TargetDown, so the message stays pending for a retry."""
+    token = {"access_token": "zalo-access", "refresh_token": "zalo-refresh-2",
+             "expires_in": 3600}
+    async with OversizedPeer(canned={"/token": token}) as hostile:
+        config = {
+            "webhook": lambda: webhook_config(tmp_path, hostile.url("/hook")),
+            "sms": lambda: sms_config(tmp_path, hostile.url("/sms")),
+            "zalo": lambda: ChannelConfig(name="zalo", type="zalo", settings={
+                "api_url": hostile.url("/send"), "token_url": hostile.url("/token"),
+                "app_id": "4321", "secret_key_file": secret(tmp_path, "zalo.key", "k"),
+                "refresh_token_file": secret(tmp_path, "zalo.refresh", "zalo-refresh-1"),
+                "template_ids": {"check_in": "231133"}, "timeout_s": 2}),
+        }[kind]()
+        module = {"webhook": webhook_channel, "zalo": zalo_channel, "sms": sms_channel}[kind]
+        channel = module.build(config, clock=clock.ms)
+        closing.append(channel)
+        with pytest.raises(TargetDown, match="failed: AnswerTooLarge") as caught:
+            await channel.deliver([message()])
+        assert "127.0.0.1" not in caught.value.reason  # never the URL (an SMS query's phone)
+        if kind == "zalo":  # and the token refresh's answer
+            hostile.canned.clear()
+            fresh = module.build(config, clock=clock.ms)
+            closing.append(fresh)
+            with pytest.raises(TargetDown, match="token refresh failed: AnswerTooLarge"):
+                await fresh.deliver([message()])
+    assert hostile.bodies == (2 if kind == "zalo" else 1) and hostile.unread()
 
 
 # --- command hook --------------------------------------------------------------------------------

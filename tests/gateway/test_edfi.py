@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
-from gateway import db
+from gateway import db, outbox
 from gateway.config import AttendanceConfig, ConfigError, Session, load_config
 from gateway.forwarders import (
     AttendanceItem,
@@ -33,7 +33,8 @@ from gateway.ingest import Ingest
 from gateway.outbox import Enqueuer, OutboxPolicy, OutboxService, build_adapter
 from gateway.rules import AttendanceRules, event_key, from_ms, to_ms
 from gateway.types import StaticKeyRing, StoredScan
-from sim.peers.edfi import NAMESPACE, RESOURCE_PATH, EdFiPeer, Fault
+from sim.peers.edfi import NAMESPACE, RESOURCE_PATH, TOKEN_PATH, EdFiPeer, Fault
+from tests.gateway.oversized import OversizedPeer
 from tests.log_text import logged_text
 
 ZONE = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
@@ -804,3 +805,66 @@ async def test_through_the_outbox_every_event_exactly_once_while_the_peer_flaps(
     assert peer.count("POST", RESOURCE_PATH, status=200) >= 1  # the lost answer, re-sent
     read_conn.close()
     conn.close()
+
+
+# --- an answer too large to read (docs/SECURITY.md, actor 6) ---------------------------------
+
+TOKEN = {"access_token": "token-for-tests", "expires_in": 300, "token_type": "bearer"}
+
+
+async def test_an_oversized_answer_takes_the_target_down_and_nothing_is_lost(
+        tmp_path: Path, secret_file: Path, clock: FakeTime) -> None:
+    """A 32 MiB answer (chunked, no Content-Length) is read to 1 MiB, no further: the target is
+    down, the event stays pending, and goes once when the upstream answers sanely again."""
+    path = tmp_path / "gateway.db"
+    conn = db.connect(path)
+    School.fill(conn)
+    read_conn = db.connect(path, migrate=False)
+    ingest = Ingest(conn, StaticKeyRing({}), clock=clock.ms)
+    ingest.start()
+    school = School(path, ingest, clock)
+    hostile = await OversizedPeer(canned={TOKEN_PATH: TOKEN}).start()
+    adapter = build_adapter(_target(hostile.base_url, secret_file), clock=clock.ms,
+                            timezone=ZONE)
+    service = OutboxService(ingest, [adapter], read_conn, clock=clock.ms, policy=POLICY)
+    await service.start()
+    delivery = service.deliveries["edfi"]
+    try:
+        # the data endpoint's answer is too large
+        with pytest.raises(TargetDown, match=r"POST failed: AnswerTooLarge: .*1048576"):
+            await adapter.deliver([item()])
+        # so is the token endpoint's
+        hostile.canned.clear()
+        fresh = build(_target(hostile.base_url, secret_file), clock=clock.ms, timezone=ZONE)
+        try:
+            with pytest.raises(TargetDown, match="token endpoint failed: AnswerTooLarge"):
+                await fresh.deliver([item()])
+        finally:
+            await fresh.close()
+        # through the outbox: the tap's event is retried later, not lost and not parked
+        hostile.canned[TOKEN_PATH] = TOKEN
+        await school.taps((0, "07:05:00"))
+        await delivery.fill()
+        await delivery.wait_idle()
+        (pending,) = outbox.items(read_conn, "edfi")
+        assert pending.attempts == 1 and "AnswerTooLarge" in (pending.last_error or "")
+        assert _outbox_states(read_conn) == {"pending": 1}
+        assert hostile.bodies == 3 and hostile.unread()
+        # the upstream comes back sane on the same address: the event goes, once
+        await hostile.close()
+        async with EdFiPeer(students=set(STUDENTS), clock=clock.s) as peer:
+            peer.port = hostile.port
+            await peer.close()
+            await peer.start()
+            clock.advance(60)  # past the retry's backoff
+            await delivery.fill()
+            await delivery.wait_idle()
+            assert _outbox_states(read_conn) == {"delivered": 1}
+            assert len(peer.records) == 1
+    finally:
+        await delivery.wait_idle()
+        await service.close()
+        await ingest.close()
+        await hostile.close()
+        read_conn.close()
+        conn.close()

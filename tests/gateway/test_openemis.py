@@ -19,6 +19,7 @@ from gateway.config import ConfigError, load_config
 from gateway.forwarders import AttendanceItem, DeliveryResult, EventKind, ForwardTarget, TargetDown
 from gateway.forwarders.openemis import OpenEmisAdapter, build
 from gateway.rules import event_key, to_ms
+from tests.gateway.oversized import OversizedPeer
 from tests.log_text import logged_text
 from tests.peers.openemis import ABSENCES_PATH, LOGIN_PATH, MARKED_PATH, Fault, OpenEmisPeer
 
@@ -329,6 +330,30 @@ async def test_server_errors_timeouts_and_refused_connections_take_the_target_do
     await peer.close()
     with pytest.raises(TargetDown):
         await adapter.deliver([item("0100000006", "late")])
+
+
+async def test_an_oversized_answer_takes_the_target_down(
+        files: dict[str, str], clock: FakeTime) -> None:
+    """The login's or the data request's answer is read to 1 MiB and no further: TargetDown,
+    so the outbox keeps the items and retries them later."""
+    login = {"data": {"token": "eyJhbGciOiJub25lIn0.e30.x"}}
+    async with OversizedPeer(canned={LOGIN_PATH: login}) as hostile:
+        adapter = build(ForwardTarget("oe", "openemis", settings(hostile.base_url, files)),
+                        clock=clock.ms)
+        try:
+            with pytest.raises(TargetDown, match="POST failed: AnswerTooLarge"):
+                await adapter.deliver([item(S0, "late")])
+            hostile.canned.clear()
+            fresh = build(ForwardTarget("oe", "openemis", settings(hostile.base_url, files)),
+                          clock=clock.ms)
+            try:
+                with pytest.raises(TargetDown, match="login failed: AnswerTooLarge"):
+                    await fresh.deliver([item(S0, "late")])
+            finally:
+                await fresh.close()
+        finally:
+            await adapter.close()
+    assert hostile.bodies == 2 and hostile.unread()
 
 
 async def test_login_server_errors_take_the_target_down(

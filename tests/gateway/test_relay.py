@@ -43,6 +43,7 @@ from gateway.forwarders.relay import (
 from gateway.keystore import KeystoreError, MasterKey, Sealer
 from gateway.rules import event_key, to_ms
 from sim.broker import MosquittoBroker
+from tests.gateway.oversized import OversizedPeer
 from tests.peers.relay import Fault, RelayPeer
 
 ZONE = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
@@ -342,6 +343,19 @@ async def test_throttling_and_failures(peer: RelayPeer, make: AdapterFactory) ->
     with pytest.raises(TargetDown, match="ConnectError"):
         await adapter.deliver([item("0100000001")])
     assert await adapter.deliver([]) == []
+
+
+async def test_an_oversized_answer_takes_the_target_down(make: AdapterFactory) -> None:
+    """The receiver's answer is read to 1 MiB and no further: TargetDown (the batch's items
+    stay pending for the outbox's retry), also for an error status's body."""
+    async with OversizedPeer() as hostile:
+        adapter = make(url=hostile.url("/relay/v1/batches"))
+        with pytest.raises(TargetDown, match=r"POST failed: AnswerTooLarge: .*1048576"):
+            await adapter.deliver([item(), item("0100000002")])
+        hostile.status = 400
+        with pytest.raises(TargetDown, match="AnswerTooLarge"):
+            await adapter.deliver([item()])
+    assert hostile.bodies == 2 and hostile.unread()
 
 
 @pytest.mark.parametrize(("settings", "key", "message"), [
