@@ -53,6 +53,7 @@ from gateway.reports import (
     attendance_rows,
     fsync_dir,
     local_time,
+    set_cell,
 )
 from gateway.rules import SchoolCalendar, from_ms
 from gateway.types import Clock, system_clock
@@ -190,7 +191,8 @@ class _Painter:
     def cell(self, row: int, column: int, value: Any, *, bold: bool = False, size: int = 12,
              align: str | None = None, border: bool = False, fill: str | None = None,
              number_format: str | None = None) -> None:
-        cell = self.sheet.cell(row=row, column=column, value=value)
+        cell = self.sheet.cell(row=row, column=column)
+        set_cell(cell, value)  # roster text stays text, never a formula
         cell.font = self._font(name=FONT, size=size, bold=bold)
         if align is not None:
             cell.alignment = self.align[align]

@@ -446,6 +446,32 @@ def export_values(row: AttendanceRow, zone: dt.tzinfo) -> tuple[Any, ...]:
             int(row.late), int(row.absent), row.status)
 
 
+# --- spreadsheet cells: text stays text --------------------------------------------------------
+
+# A text cell starting with one of these is a formula (or the start of one) to Excel and
+# LibreOffice when it comes from a CSV file; OWASP's "CSV injection" list. A name or a class
+# name in the roster comes from whoever edits the roster sheet, and exports are opened on the
+# district's computers: see docs/roster.md ("Names in exports") and docs/SECURITY.md (W6).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text value as it goes into a CSV cell: one that a spreadsheet would read as a formula
+    gets a leading single quote (``'=1+2``), which spreadsheet programs show as text; every
+    other value is unchanged."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def set_cell(cell: Any, value: Any) -> None:
+    """Put ``value`` in an openpyxl cell (normal or write-only). Text is stored as text,
+    always: openpyxl would store a string starting with ``=`` as a formula; with the type set
+    to string the cell holds exactly the roster's text (no quote added), which Excel shows and
+    never evaluates."""
+    cell.value = value
+    if isinstance(value, str):
+        cell.data_type = "s"
+
+
 @contextmanager
 def atomic_file(out: Path) -> Iterator[Path]:
     """A temporary path beside ``out`` to write; when the block succeeds it is flushed to disk
@@ -486,7 +512,8 @@ def write_csv(rows: Iterable[AttendanceRow], out: Path, zone: dt.tzinfo) -> int:
         for row in rows:
             values = export_values(row, zone)
             writer.writerow(["" if v is None else v.isoformat() if isinstance(
-                v, dt.date | dt.time) else v for v in values])
+                v, dt.date | dt.time) else csv_text(v) if isinstance(v, str) else v
+                for v in values])
             count += 1
     return count
 
@@ -513,7 +540,8 @@ def write_xlsx(rows: Iterable[AttendanceRow], out: Path, zone: dt.tzinfo) -> int
     for row in rows:
         cells: list[Any] = []
         for value in export_values(row, zone):
-            cell = WriteOnlyCell(sheet, value=value)
+            cell = WriteOnlyCell(sheet)
+            set_cell(cell, value)
             if isinstance(value, dt.date):
                 cell.number_format = "yyyy-mm-dd"
             elif isinstance(value, dt.time):

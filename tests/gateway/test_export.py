@@ -208,6 +208,27 @@ def test_class_workbook_reads_like_a_homeroom_sheet(school: SchoolDb, tmp_path: 
     assert any("Lập lúc / Generated: 07/09/2026 17:30" in n for n in notes)
 
 
+def test_formula_like_names_stay_text_in_the_ministry_workbook(school: SchoolDb,
+                                                               tmp_path: Path) -> None:
+    planted = {AN: '=HYPERLINK("http://x","y")', BINH: "@SUM(1)", CHAU: "-1+2", HA: "+1"}
+    for sid, name in planted.items():
+        school.conn.execute("UPDATE students SET full_name = ? WHERE student_id = ?",
+                            (name, sid))
+    school.conn.execute("UPDATE classes SET name = '=1+1' WHERE class_id = '7A'")
+    _export(school, tmp_path / "out", class_id="7A")
+    sheet = openpyxl.load_workbook(tmp_path / "out" / "diem-danh_7A_2026-09-07.xlsx").active
+    assert sheet is not None
+    cells = {}
+    for row in sheet.iter_rows(min_row=export.FIRST_ROW):
+        if not isinstance(row[0].value, int):
+            break
+        assert row[1].data_type == "s" and row[2].data_type == "s"
+        cells[row[1].value] = row[2].value
+    assert {sid: cells[sid] for sid in planted} == planted  # the exact text, as a string
+    assert sheet["A3"].value == "Lớp / Class: =1+1" and sheet["A3"].data_type == "s"
+    assert all(c.data_type != "f" for row in sheet.iter_rows() for c in row)
+
+
 def test_voided_events_do_not_count(school: SchoolDb, tmp_path: Path) -> None:
     voided = {(kind, who) for kind, who, *_ in school.events(voided=True)}
     assert voided == {("late", HA), ("absent", ANH)}  # the fixture did void them

@@ -190,6 +190,52 @@ def test_export_xlsx(school: SchoolDb, tmp_path: Path) -> None:
     assert reports.export(school.conn, CALENDAR, MONDAY, MONDAY, "xlsx", only_6b, "6B") == 2
 
 
+# What a roster sheet's author could type as a name: a formula, a function, arithmetic.
+FORMULA_NAMES = {"S1": '=HYPERLINK("http://x","y")', "S2": "@SUM(1)", "S3": "-1+2"}
+
+
+def _plant_formulas(school: SchoolDb) -> None:
+    for sid, name in FORMULA_NAMES.items():
+        school.conn.execute("UPDATE students SET full_name = ? WHERE student_id = ?",
+                            (name, sid))
+    school.conn.execute("UPDATE classes SET name = '+1+1' WHERE class_id = '6A'")
+
+
+@pytest.mark.parametrize(("text", "written"), [
+    ("=1+2", "'=1+2"), ("+1", "'+1"), ("-1+2", "'-1+2"), ("@SUM(1)", "'@SUM(1)"),
+    ("\tx", "'\tx"), ("\rx", "'\rx"), ("Nguyễn Văn An", "Nguyễn Văn An"), ("", ""),
+    ("a=1", "a=1"), ("'=1", "'=1"),
+])
+def test_csv_text_quotes_what_a_spreadsheet_would_evaluate(text: str, written: str) -> None:
+    assert reports.csv_text(text) == written
+
+
+def test_exports_keep_formula_like_names_as_text(school: SchoolDb, tmp_path: Path) -> None:
+    """CSV: a leading single quote (OWASP); XLSX: a string cell holding the exact text."""
+    _plant_formulas(school)
+    out = tmp_path / "diem-danh.csv"
+    reports.export(school.conn, CALENDAR, MONDAY, MONDAY, "csv", out)
+    with out.open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert {(r[4], r[5]) for r in rows} == {(sid, "'" + name)
+                                            for sid, name in FORMULA_NAMES.items()}
+    assert {r[3] for r in rows if r[2] == "6A"} == {"'+1+1"}
+    assert {r[6] for r in rows} >= {"07:05:00"}  # times are not text from the roster
+
+    out = tmp_path / "diem-danh.xlsx"
+    reports.export(school.conn, CALENDAR, MONDAY, MONDAY, "xlsx", out)
+    sheet = openpyxl.load_workbook(out).worksheets[0]
+    names = {}
+    for row in sheet.iter_rows(min_row=2):
+        class_name, sid, name = row[3], row[4], row[5]
+        assert name.data_type == "s" and class_name.data_type == "s"
+        names[sid.value] = name.value
+        if row[2].value == "6A":
+            assert class_name.value == "+1+1"
+    assert names == FORMULA_NAMES  # exactly the roster's text, no quote added
+    assert sheet["A2"].is_date and sheet["J2"].data_type == "n"  # other cells keep their types
+
+
 def test_text_table_aligns_vietnamese() -> None:
     decomposed = "Nguye\u0302\u0303n"  # 'Nguyễn' with combining marks
     text = reports.render_table(("Tên / Name", "Số / N"), [(decomposed, 5), ("An", 12)])
