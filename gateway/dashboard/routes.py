@@ -11,7 +11,9 @@
 - any logged-in user: ``POST /logout``.
 
 Queries run on the dashboard's connections (``gateway/dashboard/store.py``); tables and exports
-are ``gateway.reports``'s, as in the CLI.
+are ``gateway.reports``'s, as in the CLI. Every action that changes something and every export
+is recorded with the acting user, role, client address and scope (``gateway/dashboard/audit.py``:
+the ``dashboard_audit`` table and a ``dashboard audit`` log line); a refused action is logged.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import hmac
 import logging
 import re
 import secrets
+import sqlite3
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
@@ -33,7 +36,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway import reports
-from gateway.dashboard import auth, charts, pages, views
+from gateway.dashboard import audit, auth, charts, pages, views
 from gateway.dashboard.auth import Role
 from gateway.dashboard.i18n import lang_of, tr
 from gateway.dashboard.live import recent_taps
@@ -107,6 +110,11 @@ def requires(role: Role) -> Callable[[Handler], Handler]:
         async def checked(request: web.Request) -> web.StreamResponse:
             session = request.get(SESSION)
             if session is None or not auth.has_role(session.role, role):
+                log.warning("dashboard action refused", extra={
+                    "user": session.username if session else None,
+                    "role": session.role if session else "anonymous",
+                    "address": request.remote or "unknown", "action": handler.__name__,
+                    "needs": role})
                 ctx = context(request)
                 return refuse(request, 403, "error.forbidden", role=ctx.t(f"role.{role}"))
             return await handler(request)
@@ -120,6 +128,41 @@ def _state(request: web.Request) -> DashboardState:
 
 async def _read(request: web.Request, fn: Callable[[Any], T]) -> T:
     return await _state(request).db.read(fn)
+
+
+def _actor(request: web.Request) -> audit.Actor:
+    session = request.get(SESSION)
+    address = request.remote or "unknown"
+    if session is None:
+        return audit.Actor(None, None, "anonymous", address)
+    return audit.Actor(session.user_id, session.username, session.role, address)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """The change of an action that changes nothing in the database (an export)."""
+    return None
+
+
+async def _audited(request: web.Request, action: str,
+                   scope: Callable[[T], Mapping[str, object]],
+                   change: Callable[[sqlite3.Connection], T],
+                   private: Callable[[T], Mapping[str, object]] | None = None) -> T:
+    """``change`` on the write connection, then its audit row in the same database job (after
+    the change committed: the registry and the roster run their own transactions), then the
+    log line. ``scope(done)`` goes to both, ``private(done)`` (card numbers, student ids) only
+    to the row. A change that raises records nothing."""
+    state = _state(request)
+    actor = _actor(request)
+
+    def run(conn: sqlite3.Connection) -> tuple[T, Mapping[str, object], int]:
+        done = change(conn)
+        shown = scope(done)
+        whole = {**shown, **(private(done) if private is not None else {})}
+        return done, shown, audit.record(conn, actor, action, whole, state.clock())
+
+    done, shown, audit_id = await state.db.write(run)
+    audit.logged(actor, action, shown, audit_id)
+    return done
 
 
 def _local_path(target: str | None) -> str:
@@ -213,7 +256,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     token = request.cookies.get(SESSION_COOKIE)
-    if token:
+    if token and request.get(SESSION) is not None:
+        await _audited(request, "logout", lambda _: {},
+                       lambda conn: auth.end_session(conn, token))
+    elif token:
         await state.db.write(lambda conn: auth.end_session(conn, token))
     response = web.HTTPSeeOther("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
@@ -371,13 +417,17 @@ async def export(request: web.Request, fmt: Literal["csv", "xlsx"]) -> web.Strea
     if date_to < date_from or (date_to - date_from).days >= EXPORT_MAX_DAYS:
         return refuse(request, 400, "export.bad_range", days=EXPORT_MAX_DAYS)
 
-    def write(conn: Any) -> bytes:
+    def write(conn: Any) -> tuple[int, bytes]:
         with tempfile.TemporaryDirectory(prefix="dashboard-export-") as tmp:
             out = Path(tmp) / f"export.{fmt}"
-            reports.export(conn, state.calendar, date_from, date_to, fmt, out, class_id)
-            return out.read_bytes()
+            rows = reports.export(conn, state.calendar, date_from, date_to, fmt, out, class_id)
+            return rows, out.read_bytes()
 
-    body = await _read(request, write)
+    rows, body = await _read(request, write)
+    # recorded before a byte leaves: an export that cannot be recorded is not sent
+    await _audited(request, "export", lambda _: {
+        "format": fmt, "from": date_from.isoformat(), "to": date_to.isoformat(),
+        "class": class_id or "*", "rows": rows}, _nothing)
     name = f"diem-danh_{date_from.isoformat()}_{date_to.isoformat()}"
     if class_id:
         name += "_" + _SAFE_NAME.sub("-", class_id)
@@ -452,25 +502,26 @@ async def retry(request: web.Request) -> web.StreamResponse:
         if not item_ids:
             return refuse(request, 400, "error.bad_request", detail="item")
     try:
-        done = await state.db.write(lambda conn: views.retry(conn, queue, name, item_ids,
-                                                             state.clock()))
+        done = await _audited(
+            request, "retry",
+            lambda done: {"queue": queue, "target": name, "asked": item_ids or "all",
+                          "items": done},
+            lambda conn: views.retry(conn, queue, name, item_ids, state.clock()))
     except OutboxError as exc:
         return await _outbox_page(request, context(request).t("outbox.not_parked",
                                                                 detail=str(exc)), 409)
-    log.info("outbox items to be retried, from the dashboard", extra={
-        "user": request[SESSION].username, "target": name, "queue": queue, "items": done})
     raise _see_other("/outbox", done="retried", name=name, count=len(done))
 
 
 @requires("operator")
 async def acknowledge(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
     card = _form_value(await request.post(), "card")
     try:
-        await state.db.write(lambda conn: views.acknowledge(conn, card))
+        await _audited(request, "acknowledge_card", lambda _: {},
+                       lambda conn: views.acknowledge(conn, card),
+                       private=lambda _: {"card": card})
     except views.ActionError as exc:
         return await _unknown_page(request, context(request).t(exc.key, **exc.params), 404)
-    log.info("unknown card acknowledged", extra={"user": request[SESSION].username})
     raise _see_other("/unknown-cards", done="acked", card=card)
 
 
@@ -481,13 +532,14 @@ async def assign(request: web.Request) -> web.StreamResponse:
     card, student = _form_value(form, "card"), _form_value(form, "student_id")
     session = request[SESSION]
     try:
-        done = await state.db.write(lambda conn: views.assign_card(
-            conn, card, student, f"dashboard:{session.username}", state.clock()))
+        done = await _audited(
+            request, "assign_card", lambda done: {"changed": not done.already},
+            lambda conn: views.assign_card(conn, card, student, f"dashboard:{session.username}",
+                                           state.clock()),
+            private=lambda done: {"card": card, "number": done.number, "student_id": student})
     except views.ActionError as exc:
         status = 409 if exc.key == "unknown.refused" else 400
         return await _unknown_page(request, context(request).t(exc.key, **exc.params), status)
-    log.info("card assigned from the dashboard",
-             extra={"user": session.username, "changed": not done.already})
     if done.already:
         raise _see_other("/unknown-cards", done="already", number=done.number, student=student)
     raise _see_other("/unknown-cards", done="assigned", card=card, number=done.number,
@@ -502,15 +554,18 @@ def _reader_id(request: web.Request) -> int:
 
 
 async def _registry_action(request: web.Request, action: Callable[[Registry, int], T], *,
-                           confirm: bool) -> T | web.Response:
+                           confirm: bool, name: str,
+                           result: Callable[[T], Mapping[str, object]] = lambda _: {}
+                           ) -> T | web.Response:
     state = _state(request)
     reader_id = _reader_id(request)
     ctx = context(request)
     if confirm and _form_value(await request.post(), "confirm") != "1":
         return await _readers_page(request, ctx.t("readers.confirm_needed"), 400)
     try:
-        return await state.db.write(lambda conn: action(
-            Registry.open(conn, state.config.master_key_file), reader_id))
+        return await _audited(
+            request, name, lambda done: {"reader_id": reader_id, **result(done)},
+            lambda conn: action(Registry.open(conn, state.config.master_key_file), reader_id))
     except RegistryError as exc:
         return await _readers_page(request, ctx.t("readers.refused", detail=str(exc)), 409)
 
@@ -518,7 +573,8 @@ async def _registry_action(request: web.Request, action: Callable[[Registry, int
 @requires("admin")
 async def rotate(request: web.Request) -> web.StreamResponse:
     """A new key generation, shown once on this page (never stored in clear, never again)."""
-    done = await _registry_action(request, Registry.rotate, confirm=True)
+    done = await _registry_action(request, Registry.rotate, confirm=True, name="rotate_key",
+                                  result=lambda creds: {"key_id": creds.key_id})
     if isinstance(done, web.Response):
         return done
     return html(pages.rotated_page(context(request), done))
@@ -526,7 +582,9 @@ async def rotate(request: web.Request) -> web.StreamResponse:
 
 @requires("admin")
 async def finish_rotation(request: web.Request) -> web.StreamResponse:
-    done = await _registry_action(request, Registry.finish_rotation, confirm=False)
+    done = await _registry_action(request, Registry.finish_rotation, confirm=False,
+                                  name="finish_rotation",
+                                  result=lambda count: {"keys_revoked": count})
     if isinstance(done, web.Response):
         return done
     raise _see_other("/readers", done="finished", reader=_reader_id(request), count=done)
@@ -534,7 +592,7 @@ async def finish_rotation(request: web.Request) -> web.StreamResponse:
 
 @requires("admin")
 async def revoke(request: web.Request) -> web.StreamResponse:
-    done = await _registry_action(request, Registry.revoke, confirm=True)
+    done = await _registry_action(request, Registry.revoke, confirm=True, name="revoke_reader")
     if isinstance(done, web.Response):
         return done
     raise _see_other("/readers", done="revoked", reader=_reader_id(request))

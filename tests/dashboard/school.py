@@ -112,12 +112,13 @@ def card(hexed: str) -> tuple[int, bytes]:
 
 
 def heartbeat(key: bytes, now_ms: int, *, reader: int = READER, queue_depth: int = 0,
-              oldest_unsent_age_s: int = 0) -> bytes:
-    """A signed heartbeat of a reader with a synced clock, online for an hour."""
+              oldest_unsent_age_s: int = 0, uptime_s: int = 3_600) -> bytes:
+    """A signed heartbeat of a reader with a synced clock, up for ``uptime_s``: its ticks must
+    agree with its taps' (the gateway judges a synced clock against the heartbeat's evidence)."""
     return construct_codec.encode("heartbeat", {
         "reader_id": reader, "boot": 1, "state": "online", "faults": [], "fw_version": "1.4.0",
         "link": "wifi", "rssi_dbm": -58, "clock_synced": True, "time_s": now_ms // 1000,
-        "uptime_s": 3_600, "free_heap": 40_000, "queue_depth": queue_depth,
+        "uptime_s": uptime_s, "free_heap": 40_000, "queue_depth": queue_depth,
         "oldest_unsent_age_s": oldest_unsent_age_s, "dropped": 0, "last_ack_boot": 1,
         "last_ack_seq": 0}, key)
 
@@ -132,8 +133,9 @@ class Morning:
         import_roster(folder, self.conn)
         self.registry = Registry.open(self.conn, config.master_key_file, clock)
         self.key = self.registry.register(READER, "Cổng chính 1", "main").key
-        self.stamp = at("06:00") / 1000
-        self.reader = SimulatedReader(READER, self.key, SCHOOL, clock=lambda: self.stamp)
+        self.stamp = self.booted = at("06:00") / 1000  # the reader's ticks count from 06:00
+        self.reader = SimulatedReader(READER, self.key, SCHOOL, clock=lambda: self.stamp,
+                                      monotonic=lambda: self.stamp)
         self.rules = AttendanceRules(config.attendance, config.timezone,
                                      config.ingest.repeat_window_s, clock, absent_hold_s=0,
                                      listeners=[Enqueuer([TARGET], clock)])
@@ -158,7 +160,9 @@ class Morning:
         """On time, late, a repeat, an unknown card; heartbeat; absences; one item parked."""
         await self.taps(("0A0B0001", "06:40"), ("0A0B0004", "06:45"), ("0A0B0002", "07:10"),
                         (UNKNOWN_CARD, "07:05"), ("0A0B0001", "06:41"))
-        await self.ingest.heartbeat(READER, heartbeat(self.key, self.clock()), "test")
+        now = self.clock()
+        await self.ingest.heartbeat(READER, heartbeat(
+            self.key, now, uptime_s=int(now / 1000 - self.booted)), "test")
         await self.ingest.reject(READER, b"\x00garbage", "mqtt att/v1/x/17/up/batch",
                                  "bad_topic", "a test's garbage")
         await self.ingest.run_in_transaction(

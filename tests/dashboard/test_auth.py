@@ -151,6 +151,20 @@ def test_rate_limit_per_user_and_per_address(conn: sqlite3.Connection,
     assert "wrong" not in str(kept) and "guess1" not in str(kept)  # names only as digests
 
 
+def test_login_attempts_are_kept_30_days(conn: sqlite3.Connection) -> None:
+    auth.add_user(conn, "hoa", PASSWORD, "viewer", T0, FAST)
+    assert _login(conn, "hoa", "wrong", T0).outcome == "failed"
+    later = T0 + auth.ATTEMPTS_KEPT_MS
+    assert _login(conn, "hoa", PASSWORD, later).outcome == "ok"
+    times = [int(r[0]) for r in conn.execute(
+        "SELECT at_ms FROM dashboard_login_attempts ORDER BY at_ms")]
+    assert times == [T0, later]  # 30 days old: still kept
+    assert _login(conn, "hoa", PASSWORD, later + 1).outcome == "ok"
+    times = [int(r[0]) for r in conn.execute(
+        "SELECT at_ms FROM dashboard_login_attempts ORDER BY at_ms")]
+    assert times == [later, later + 1]  # the first attempt is gone
+
+
 def test_users_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                        capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)

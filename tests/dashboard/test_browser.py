@@ -234,10 +234,14 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
                 READER, "Cổng chính", "main").key
         finally:
             conn.close()
-        stamp = [time.time()]
+        zone = config.timezone
+        booted = dt.datetime.combine(dt.datetime.now(zone).date(), dt.time(6, 0),
+                                     tzinfo=zone).timestamp()  # the reader's ticks count from 06:00
+        stamp = [booted]
         reader = await stack.enter_async_context(AckingReader(
             READER, key, SCHOOL, "127.0.0.1", broker.port, ack_timeout_s=1.0))
-        reader.sim = SimulatedReader(READER, key, SCHOOL, clock=lambda: stamp[0])
+        reader.sim = SimulatedReader(READER, key, SCHOOL, clock=lambda: stamp[0],
+                                     monotonic=lambda: stamp[0])
         playwright = await stack.enter_async_context(async_playwright())
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         stack.push_async_callback(browser.close)
@@ -247,7 +251,8 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
                     ("0EADBEEF", "07:05"))
         await reader.publish(b"\x01" + bytes(40))
         await reader.publish(heartbeat(key, int(time.time() * 1000), reader=READER,
-                                       queue_depth=3, oldest_unsent_age_s=12), "status")
+                                       queue_depth=3, oldest_unsent_age_s=12,
+                                       uptime_s=int(time.time() - booted)), "status")
         await until("the forged batch quarantined, the heartbeat stored",
                     lambda: bool(g.query("SELECT 1 FROM quarantine"))
                     and bool(g.query("SELECT 1 FROM reader_status")))
