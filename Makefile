@@ -4,6 +4,7 @@
 #   make test       setup, then every gate: ruff, mypy (gateway), mypy (firmware as MicroPython), pytest
 #                   extra pytest arguments: make test PYTEST_ARGS="-m 'not slow' -x"
 #   make bench      every benchmark under bench/, then docs/BENCHMARKS.md (about 10 minutes)
+#   make soak       the fault campaign (python -m sim.soak), MINUTES=10 by default: make soak MINUTES=2
 #   make fuzz       coverage-guided fuzzing of every parser, SECONDS=60 per harness (docs/fuzzing.md)
 #   make setup      install what is missing: apt packages (python3-venv, mosquitto, nodejs/npm),
 #                   .venv with pinned Python packages, pinned MicroPython WebAssembly VM (node_modules/)
@@ -35,7 +36,7 @@ PY_STAMP := $(STAMPS)/python-$(call content_hash,pyproject.toml constraints.txt)
 NODE_STAMP := node_modules/.stamp-$(call content_hash,package.json package-lock.json)
 
 .PHONY: help run test setup system-deps python-deps node-deps lint typecheck typecheck-firmware \
-	pytest gates browser-deps bench fuzz clean distclean constraints
+	pytest gates browser-deps bench soak fuzz clean distclean constraints
 
 help:
 	@sed -n '3,/^#$$/p' Makefile | sed '$$d; s/^# \{0,1\}//'
@@ -111,6 +112,11 @@ run: setup
 # Every benchmark under bench/, then docs/BENCHMARKS.md (about 10 minutes; not part of `make test`).
 bench: setup
 	$(PY) bench/report.py
+
+# The fault campaign (docs/soak.md): taps and faults for MINUTES, then the drain and the checks.
+MINUTES ?= 10
+soak: setup
+	$(PY) -m sim.soak --minutes $(MINUTES)
 
 # Every gate runs even if an earlier one failed, so one run shows all problems; pytest runs last.
 test: setup browser-deps

@@ -3,7 +3,7 @@ gateway.
 
 Each reader here is ``sim.firmware_reader.FirmwareReader``: the reader firmware's own tap path,
 flash queue, boot counter, MQTT client and uplink, run under CPython on real files and sockets.
-Faults come from a loopback proxy between reader and broker (``tests/e2e/proxy.py``: black hole,
+Faults come from a loopback proxy between reader and broker (``sim/proxy.py``: black hole,
 lost ack, connections closed or refused, the link cut before SUBSCRIBE), from restarting the
 broker, from rebooting the reader and from kill -9 of the gateway process.
 
@@ -33,8 +33,8 @@ from firmware.feedback import ACCEPTED, ACCEPTED_QUEUED
 from protocol import construct_codec, topics
 from sim.broker import LOOPBACK, MosquittoBroker
 from sim.firmware_reader import FirmwareReader, provision
+from sim.proxy import SUBSCRIBE, LinkProxy
 from tests.e2e.gateway_process import GatewayProcess, write_config
-from tests.e2e.proxy import SUBSCRIBE, LinkProxy
 from tests.e2e.test_mqtt_ingest import SCHOOL, Env, gateway, make_env
 
 READER = 1

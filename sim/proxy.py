@@ -1,4 +1,4 @@
-"""A loopback TCP proxy between a reader and the broker, for the link fault tests.
+"""A loopback TCP proxy between a reader and the broker, for the link fault tests and the soak.
 
 It forwards whole MQTT packets (it splits both byte streams at packet boundaries, nothing more) and
 lets a test break the path the way networks break:
