@@ -289,6 +289,8 @@ class ZaloChannel:
             expires_s = float(answer.get("expires_in", 3600))
         except (TypeError, ValueError):
             expires_s = 3600.0
+        if not 0 < expires_s < 1e9:  # NaN, infinity, nonsense: the documented default
+            expires_s = 3600.0
         self.tokens_refreshed += 1
         log.info("Zalo access token refreshed", extra={"channel": self.name})
         lifetime_ms = int(expires_s * 1000)

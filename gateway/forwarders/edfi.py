@@ -515,7 +515,7 @@ class EdFiAdapter:
             expires_in = float(payload.get("expires_in", 300))
         except (ValueError, KeyError, TypeError):
             raise TargetDown("token endpoint answered without an access_token") from None
-        if not isinstance(value, str) or not value or expires_in <= 0:
+        if not isinstance(value, str) or not value or not 0 < expires_in < 1e9:
             raise TargetDown("token endpoint answered an unusable token")
         self.tokens_fetched += 1
         lifetime_ms = int(expires_in * 1000)

@@ -39,6 +39,7 @@ import binascii
 import csv
 import json
 import logging
+import math
 import os
 import ssl
 import weakref
@@ -686,7 +687,7 @@ def _jwt_expiry_ms(token: str) -> int | None:
     except (ValueError, binascii.Error):
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, int | float):
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         return None
     return int(exp * 1000)
 
@@ -702,7 +703,7 @@ def _absence_type_in(response: httpx.Response) -> int | None:
     if isinstance(row, list) and len(row) == 1:
         row = row[0]
     value = row.get("absence_type_id") if isinstance(row, dict) else None
-    if isinstance(value, str) and value.isdecimal():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

@@ -443,6 +443,25 @@ async def test_an_oversized_answer_takes_the_channel_down(
     assert hostile.bodies == (2 if kind == "zalo" else 1) and hostile.unread()
 
 
+@pytest.mark.parametrize("expires_in", [float("inf"), float("nan"), "-1", "1e400"])
+async def test_a_zalo_token_with_an_unusable_lifetime_gets_the_default(
+        expires_in: object, tmp_path: Path, clock: FakeTime, closing: list[Closable]) -> None:
+    """Found by fuzzing: an ``expires_in`` of infinity made ``int(expires_s * 1000)`` raise out
+    of the refresh; now such a lifetime is the documented default, and the send goes on."""
+    token = {"access_token": "zalo-access", "refresh_token": "zalo-refresh-2",
+             "expires_in": expires_in}
+    async with OversizedPeer(canned={"/token": token}) as hostile:
+        channel = zalo_channel.build(ChannelConfig(name="zalo", type="zalo", settings={
+            "api_url": hostile.url("/send"), "token_url": hostile.url("/token"),
+            "app_id": "4321", "secret_key_file": secret(tmp_path, "zalo.key", "k"),
+            "refresh_token_file": secret(tmp_path, "zalo.refresh", "zalo-refresh-1"),
+            "template_ids": {"check_in": "231133"}, "timeout_s": 2}), clock=clock.ms)
+        closing.append(channel)
+        with pytest.raises(TargetDown, match="Zalo ZNS failed: AnswerTooLarge"):
+            await channel.deliver([message()])
+        assert hostile.requests[0][1] == "/token" and hostile.requests[1][1] == "/send"
+
+
 # --- command hook --------------------------------------------------------------------------------
 
 HOOK = """#!{python}

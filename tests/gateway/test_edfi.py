@@ -868,3 +868,19 @@ async def test_an_oversized_answer_takes_the_target_down_and_nothing_is_lost(
         await hostile.close()
         read_conn.close()
         conn.close()
+
+
+@pytest.mark.parametrize("expires_in", [float("inf"), float("nan"), -5, 10**12])
+async def test_a_token_with_an_unusable_lifetime_is_refused(
+        secret_file: Path, clock: FakeTime, expires_in: float) -> None:
+    """Found by fuzzing: an ``expires_in`` of infinity made ``int(expires_in * 1000)`` raise
+    out of the delivery; any lifetime that is not a positive number of seconds is refused."""
+    hostile = await OversizedPeer(canned={TOKEN_PATH: {"access_token": "t",
+                                                       "expires_in": expires_in}}).start()
+    adapter = build(_target(hostile.base_url, secret_file), clock=clock.ms, timezone=ZONE)
+    try:
+        with pytest.raises(TargetDown, match="unusable token"):
+            await adapter.deliver([item()])
+    finally:
+        await adapter.close()
+        await hostile.close()
