@@ -101,8 +101,10 @@ import datetime as dt
 import importlib
 import importlib.util
 import itertools
+import os
 import pkgutil
 import re
+import stat
 import string
 import tomllib
 import types
@@ -122,6 +124,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORWARD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 FORWARD_TYPE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PORT = re.compile(r"[0-9]{1,5}")  # not str.isdecimal: other scripts' digits, 5000-digit int()
+PASSWORD_FILE_MAX = 4096  # bytes: a password file, not a device or a log
 _FORWARD_KEYS = ("name", "type", "enabled", "max_batch", "concurrency")
 
 
@@ -390,7 +393,14 @@ def _mqtt(section: _Section) -> MqttConfig:
             raise section.error("password_file", "give password or password_file, not both")
         file = section.path("password_file")
         try:
-            password = file.read_text(encoding="utf-8").strip()
+            with file.open("rb") as handle:  # a regular file of a few bytes, not /dev/zero
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise section.error("password_file", f"{file} is not a regular file")
+                data = handle.read(PASSWORD_FILE_MAX + 1)
+            if len(data) > PASSWORD_FILE_MAX:
+                raise section.error("password_file",
+                                    f"{file} is larger than {PASSWORD_FILE_MAX} bytes")
+            password = data.decode("utf-8").strip()
         except OSError as exc:
             raise section.error("password_file", f"cannot be read: {exc.strerror}") from None
         except UnicodeDecodeError:

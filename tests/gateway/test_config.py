@@ -55,3 +55,16 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
 
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "big", "folder"])
+def test_the_mqtt_password_file_must_be_a_small_regular_file(tmp_path: Path, target: str) -> None:
+    """Found by fuzzing: /dev/zero as the password file would hang the loader for ever."""
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "ok").write_text("secret\n", encoding="utf-8")
+    base = '[gateway]\nschool = "thpt-1"\n[mqtt]\npassword_file = "{}"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, base.format(target)))
+    assert "mqtt.password_file" in str(info.value)
+    assert load_config(_write(tmp_path, base.format("ok"))).mqtt.password == "secret"
