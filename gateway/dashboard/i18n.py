@@ -224,6 +224,17 @@ def tr(lang: Lang, key: str, **params: object) -> str:
     return text.format(**params) if params else text
 
 
+# The usual names of [[attendance.session]] tables; a school's own names are shown as written.
+SESSION_NAMES = {"morning": ("sáng", "morning"), "afternoon": ("chiều", "afternoon"),
+                 "evening": ("tối", "evening")}
+
+
+def session_name(lang: Lang, name: str) -> str:
+    """A session's name in ``lang`` when it is one of the usual English ones."""
+    names = SESSION_NAMES.get(name.lower())
+    return name if names is None else names[0] if lang == "vi" else names[1]
+
+
 def pick(lang: Lang, both: str) -> str:
     """One language of a ``"vi / en"`` text."""
     vi, sep, en = both.partition(" / ")

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from gateway import reports
 from gateway.dashboard.auth import Role, Session, has_role
 from gateway.dashboard.html import Markup, el, join
-from gateway.dashboard.i18n import LANGS, Lang, pick, tr
+from gateway.dashboard.i18n import LANGS, Lang, pick, session_name, tr
 from gateway.dashboard.live import Tap
 from gateway.dashboard.views import ParkedItem, QueueKind, QueueRow
 from gateway.registry import Credentials, Reader
@@ -41,6 +41,9 @@ class Ctx:
 
     def t(self, key: str, **params: object) -> str:
         return tr(self.lang, key, **params)
+
+    def session_title(self, name: str) -> str:
+        return self.t("attendance.session", name=session_name(self.lang, name))
 
     def can(self, role: Role) -> bool:
         return self.user is not None and has_role(self.user.role, role)
@@ -250,7 +253,7 @@ def attendance_page(ctx: Ctx, report: DayReport, rates: tuple[str, Markup] | Non
         t = session.totals
         rows.append([el("b", ctx.t("attendance.total")), t.total, t.present, t.late, t.absent,
                      t.not_yet])
-        sections.append(el("section", el("h2", ctx.t("attendance.session", name=session.session),
+        sections.append(el("section", el("h2", ctx.session_title(session.session),
                                          " ", el("span", f"({state})", cls="muted")),
                            table([ctx.t("col.class"), ctx.t("col.total"), ctx.t("col.present"),
                                   ctx.t("col.late"), ctx.t("col.absent"), ctx.t("col.not_yet")],
@@ -279,7 +282,7 @@ def class_page(ctx: Ctx, report: DayReport, class_id: str, class_name: str) -> s
         late = [r for r in rows if r.status == "late"]
         absent = [r for r in rows if r.status == "absent"]
         sections.append(el(
-            "section", el("h2", ctx.t("attendance.session", name=session.session)),
+            "section", el("h2", ctx.session_title(session.session)),
             el("h3", ctx.t("class.late"), f" ({len(late)})"),
             table(headers, _student_rows(ctx, late), empty=ctx.t("none")),
             el("h3", ctx.t("class.absent"), f" ({len(absent)})"),

@@ -38,7 +38,7 @@ from aiohttp import web
 from gateway import reports
 from gateway.dashboard import audit, auth, charts, pages, views
 from gateway.dashboard.auth import Role
-from gateway.dashboard.i18n import lang_of, tr
+from gateway.dashboard.i18n import lang_of, session_name, tr
 from gateway.dashboard.live import recent_taps
 from gateway.dashboard.state import (
     LANG_COOKIE,
@@ -305,7 +305,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     chart = None
     if window is not None and bars is not None:
         counts, late = bars
-        title = ctx.t("chart.arrivals", session=window.name)
+        title = ctx.t("chart.arrivals", session=session_name(ctx.lang, window.name))
         chart = (title, charts.arrivals_chart(
             counts, title=title, marker=(late, ctx.t(
                 "chart.late_after", time=window.session.late_after.strftime("%H:%M")))))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.dashboard.charts import arrivals_chart, rates_chart
 from gateway.dashboard.html import el, esc
+from gateway.dashboard.i18n import session_name
 
 
 def test_text_and_attributes_are_escaped() -> None:
@@ -28,3 +29,9 @@ def test_charts_are_svg_with_escaped_labels() -> None:
                        title="rates")
     assert ">100%<" in grid and ">50%<" in grid and ">93%<" in grid
     assert "6&lt;B&gt;" in grid
+
+
+def test_the_usual_session_names_are_translated_and_a_schools_own_kept() -> None:
+    assert session_name("vi", "morning") == "sáng" and session_name("en", "Morning") == "morning"
+    assert session_name("vi", "afternoon") == "chiều"
+    assert session_name("vi", "Ca 1") == "Ca 1" and session_name("en", "Ca 1") == "Ca 1"
