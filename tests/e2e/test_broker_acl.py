@@ -12,6 +12,7 @@ says "Not authorized".
 from __future__ import annotations
 
 import base64
+import contextlib
 import queue
 import re
 import signal
@@ -281,8 +282,10 @@ def test_hashes_match_mosquitto_passwd(tmp_path: Path) -> None:
 # -- the install files in hardware/gateway/ -----------------------------------------------------
 
 
-def test_shipped_mosquitto_config_runs_with_generated_files(school: School) -> None:
-    """hardware/gateway/mosquitto.conf, pointed at the test's files and a loopback port."""
+@contextlib.contextmanager
+def shipped_broker(school: School) -> Iterator[tuple[MosquittoBroker, list[str]]]:
+    """hardware/gateway/mosquitto.conf, pointed at the test's files and a loopback port; the
+    list gets the broker's output once it stopped."""
     port = free_port()
     text = (ROOT / "hardware" / "gateway" / "mosquitto.conf").read_text()
     assert re.search(r"^listener 1883$", text, re.M)
@@ -297,19 +300,52 @@ def test_shipped_mosquitto_config_runs_with_generated_files(school: School) -> N
     assert binary is not None
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
     try:
         if not _wait_for_port(LOOPBACK, port, time.monotonic() + WAIT_S):
             proc.kill()
             pytest.fail(f"the shipped config did not start:\n{proc.communicate()[0]}")
-        broker = MosquittoBroker(school.dir, port=port)  # only for host/port
+        yield MosquittoBroker(school.dir, port=port), output  # only for host/port
+        school.close_clients()
+    finally:
+        proc.terminate()
+        output.append(proc.communicate(timeout=5)[0])
+
+
+def test_shipped_mosquitto_config_runs_with_generated_files(school: School) -> None:
+    with shipped_broker(school) as (broker, _):
         gateway = school.gateway(broker)
         school.reader(broker, 1).publish(_up(1), b"through-shipped-config")
         assert gateway.received_until(b"through-shipped-config")
         assert not school.client(broker, "anon", None, None).accepted
-        school.close_clients()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+
+
+def test_the_shipped_broker_disconnects_a_reader_sending_a_packet_over_max_packet_size(
+        school: School) -> None:
+    """``max_packet_size 8192`` in the shipped config: a reader's 9,000-byte publish never
+    reaches the gateway's subscription and the broker drops the reader's connection; a packet
+    of exactly 8192 bytes goes through (a batch, at most 4096 bytes, is far below it)."""
+    with shipped_broker(school) as (broker, output):
+        gateway = school.gateway(broker)
+        reader = school.reader(broker, 1)
+        topic = _up(1)
+        # a whole packet of exactly 8192 bytes: fixed header (3), topic (2 + length),
+        # packet id (2), payload
+        at_limit = b"b" * (8192 - 3 - (2 + len(topic)) - 2)
+        reader.publish(topic, at_limit)
+        assert gateway.received_until(at_limit) == [(topic, at_limit)]
+        reader.mqtt.reconnect_delay_set(60, 60)  # keep it down once the broker drops it
+        info = reader.mqtt.publish(topic, b"x" * 9000, qos=1)
+        assert reader.disconnected.wait(WAIT_S), "the broker kept the connection"
+        assert not info.is_published()  # no PUBACK
+        # The reader connects again and sends a marker. Mosquitto handles one packet at a time:
+        # had it forwarded the oversized publish, that would have been before the disconnect,
+        # so before the marker.
+        school.reader(broker, 1).publish(topic, b"marker")
+        assert gateway.received_until(b"marker") == [(topic, b"marker")]
+        assert gateway.messages.empty()
+    assert re.search(r"Client reader-1-\w+ disconnected due to oversize packet", output[0]), \
+        output[0]
 
 
 def test_sample_gateway_config_loads(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from gateway.config import (
     AttendanceConfig,
     ConfigError,
     NotifyConfig,
+    OutboxConfig,
     QuietHours,
     Session,
     StaffRecipient,
@@ -41,7 +42,7 @@ from gateway.config import (
 from gateway.forwarders import DeliveryResult, TargetDown
 from gateway.ingest import Ingest
 from gateway.notify import Notifier, make_store, message_id
-from gateway.outbox import OutboxPolicy, OutboxService, TargetDelivery
+from gateway.outbox import OutboxPolicy, OutboxService, TargetDelivery, policy_from_config
 from gateway.rules import AttendanceRules, event_key, to_ms
 from gateway.types import StaticKeyRing, StoredScan
 from tests.log_text import logged_text
@@ -600,6 +601,62 @@ async def test_no_names_or_phone_numbers_in_logs(school: School,
 
 
 # -- a morning at a simulated school -----------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def test_delivered_and_cancelled_messages_are_pruned_after_90_days_pending_and_parked_never(
+        school: School) -> None:
+    """Data minimisation: the notification outbox's hourly prune (``store.prune`` with the
+    outbox policy's ``retention_ms``, gateway/outbox.py ``_monitor``) deletes delivered and
+    cancelled messages whose last change (``updated_ms``) is older than 90 days, and audit
+    decisions older than 90 days; pending and parked messages stay at any age."""
+    school.tap("S1", "07:05")  # real messages and decisions, copied below at other ages and states
+    now = school.clock.now
+    template = school.conn.execute("SELECT MIN(item_id) FROM notify_messages").fetchone()[0]
+    columns = ("channel, event_id, event_key, guardian_id, student_id, school_date, kind, "
+               "locale, text, template_id, template_data, event, next_attempt_ms")
+
+    def copy(state: str, created_days: int, updated_days: int) -> int:
+        cursor = school.conn.execute(
+            f"INSERT INTO notify_messages (message_id, state, created_ms, updated_ms, "
+            f"delivered_ms, {columns}) SELECT ?, ?, ?, ?, ?, {columns} FROM notify_messages "
+            "WHERE item_id = ?",
+            (f"prune-{state}-{created_days}-{updated_days}", state, now - created_days * DAY_MS,
+             now - updated_days * DAY_MS,
+             now - updated_days * DAY_MS if state == "delivered" else None, template))
+        return int(cursor.lastrowid or 0)
+
+    ages = (0, 1, 89, 91, 400)
+    made: dict[tuple[str, int | str], int] = {
+        (state, age): copy(state, age, age) for state in notify.MESSAGE_STATES for age in ages}
+    # created long ago, delivered lately: the age counts from the last change
+    made[("delivered", "created 200 days ago, delivered 10 days ago")] = copy("delivered", 200, 10)
+    decided = {age: int(school.conn.execute(
+        "INSERT INTO notify_decisions (decided_ms, event_id, event_key, revision, change, kind, "
+        "student_id, school_date, guardian_id, outcome, reason, item_id) SELECT ?, event_id, "
+        "event_key, revision, change, kind, student_id, school_date, guardian_id, outcome, "
+        "reason, item_id FROM notify_decisions ORDER BY decision_id LIMIT 1",
+        (now - age * DAY_MS,)).lastrowid or 0) for age in ages}
+    before = school.conn.execute("SELECT COUNT(*) FROM notify_messages").fetchone()[0]
+
+    # what the notifications' OutboxService runs every hour (its clock minus 90 days)
+    store = make_store(STAFF_PHONE)
+    assert store.prune is notify.prune
+    retention = policy_from_config(OutboxConfig()).retention_ms
+    assert retention == OutboxPolicy().retention_ms == 90 * DAY_MS
+    pruned = store.prune(school.conn, before_ms=now - retention)
+
+    left = {int(r[0]) for r in school.conn.execute("SELECT item_id FROM notify_messages")}
+    gone = {key for key, item in made.items() if item not in left}
+    assert gone == {(state, age) for state in ("delivered", "cancelled") for age in (91, 400)}
+    assert pruned == len(gone) == 4
+    assert school.conn.execute("SELECT COUNT(*) FROM notify_messages").fetchone()[0] == \
+        before - 4  # the real messages (just made) stay
+    kept = {int(r[0]) for r in school.conn.execute("SELECT decision_id FROM notify_decisions")}
+    assert {age for age, d in decided.items() if d not in kept} == {91, 400}
+    assert notify.prune(school.conn, before_ms=now - retention) == 0
+
 
 FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi",
           "Đỗ", "Hồ", "Ngô", "Dương", "Lý"]

@@ -4,13 +4,17 @@ bytes again only count on their row, and old rows are pruned."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway import db
+from gateway import ingest as ingest_module
 from gateway.ingest import QUARANTINE_KEEP_MS, QUARANTINE_ROWS_PER_HOUR, Ingest
 from gateway.types import ReaderKey, StaticKeyRing
 from tests.gateway.test_ingest import KEY, OTHER, FakeClock, batch, record, rows
@@ -102,3 +106,40 @@ async def test_rows_not_seen_for_a_year_are_pruned(ingest: Ingest, conn: sqlite3
     clock.now += 2 * HOUR
     await ingest.batch(17, forged(3), "mqtt")
     assert rows(conn, "SELECT times_seen FROM quarantine ORDER BY quarantine_id") == [(2,), (1,)]
+
+
+async def test_quarantine_log_lines_are_limited_to_20_per_reason_and_minute_then_summed(
+        ingest: Ingest, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood fills no log: 20 ``quarantined`` lines per reason and minute; the rest are counted
+    and summed in one ``quarantine warnings suppressed`` line, written with the first quarantine
+    of a later minute. The minute is read from ``time.monotonic`` in gateway/ingest.py: replaced
+    here by a clock the test moves (the writer thread's commit window reads it too)."""
+    minute = [1_000 * 60.0]  # the start of a minute
+    monkeypatch.setattr(ingest_module, "time", types.SimpleNamespace(
+        monotonic=lambda: minute[0], perf_counter=time.perf_counter))
+    caplog.set_level(logging.WARNING, logger="gateway.ingest")
+
+    def lines(message: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == message]
+
+    for seq in range(1, 101):
+        assert await ingest.batch(17, forged(seq), "mqtt") is None  # bad_mac
+    for seq in range(1, 31):  # another reason has its own 20
+        assert await ingest.batch(99, forged(seq, reader=99), "mqtt") is None  # unknown_reader
+    assert ingest.metrics.quarantined.labels("bad_mac")._value.get() == 100
+    assert ingest.metrics.quarantined.labels("unknown_reader")._value.get() == 30
+    assert [getattr(r, "reason", None) for r in lines("quarantined")] == \
+        ["bad_mac"] * 20 + ["unknown_reader"] * 20
+    assert lines("quarantine warnings suppressed") == []
+
+    minute[0] += 59.5  # still the same minute: still nothing more
+    await ingest.batch(17, forged(101), "mqtt")
+    assert len(lines("quarantined")) == 40 and lines("quarantine warnings suppressed") == []
+
+    minute[0] += 0.5  # the next minute: the sum of what was held back, then a new burst
+    await ingest.batch(17, forged(102), "mqtt")
+    (summed,) = lines("quarantine warnings suppressed")
+    assert getattr(summed, "suppressed", None) == {"bad_mac": 81, "unknown_reader": 10}
+    assert len(lines("quarantined")) == 41
+    assert caplog.records[-2:] == [summed, lines("quarantined")[-1]]

@@ -7,19 +7,23 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 import struct
+import subprocess
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway import db
 from gateway.registry import Registry
-from technician import deploy, provision
+from technician import deploy, gateway_link, provision
 from technician.device import Device
 from technician.gateway_link import Gateway
-from tests.technician.conftest import BROKER, WIRING, configure_args
+from tests.technician.conftest import BROKER, WIFI, WIRING, configure_args
 from tests.technician.vboard import VirtualBoard
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("wifi_password")]
@@ -125,6 +129,50 @@ def test_configure_registers_the_key_it_wrote_and_never_shows_it(
     shown = text + caplog.text
     for secret in (key.hex(), key.hex().upper(), base64.b64encode(key).decode(), password):
         assert secret not in shown
+
+
+def test_configure_hands_the_key_and_password_to_the_gateway_on_stdin_never_in_argv(
+        board: VirtualBoard, gateway_config: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every gateway command ``configure`` runs (``technician/gateway_link.py``, the real
+    gateway CLI behind it) has neither the key (hex, upper-case hex, base64) nor the MQTT
+    password nor the Wi-Fi password in its argv, where ``ps`` shows it; they go on its stdin."""
+    keys: list[bytes] = []
+    passwords: list[str] = []
+
+    def token_bytes(n: int) -> bytes:
+        keys.append(secrets.token_bytes(n))
+        return keys[-1]
+
+    def token_urlsafe(n: int) -> str:
+        passwords.append(secrets.token_urlsafe(n))
+        return passwords[-1]
+
+    monkeypatch.setattr(provision, "secrets", types.SimpleNamespace(
+        token_bytes=token_bytes, token_urlsafe=token_urlsafe))
+    calls: list[tuple[list[str], str]] = []
+
+    def spy(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append((list(argv), kwargs.get("input") or ""))
+        return subprocess.run(argv, **kwargs)  # the real gateway CLI
+
+    monkeypatch.setattr(gateway_link, "subprocess", types.SimpleNamespace(
+        run=spy, TimeoutExpired=subprocess.TimeoutExpired))
+    status, text = run(capsys, configure_args(board.port, gateway_config))
+    (key,), (password,) = keys, passwords
+    secrets_in_any_form = [key.hex(), key.hex().upper(), base64.b64encode(key).decode(),
+                           base64.urlsafe_b64encode(key).decode().rstrip("="), password,
+                           WIFI["password"]]
+    for argv, _ in calls:
+        for secret in secrets_in_any_form:
+            assert not any(secret in element for element in [*argv, " ".join(argv)]), argv
+    assert [argv[argv.index("enrol") + 1:] for argv, _ in calls] == [
+        ["--config", str(gateway_config), "17", "--check", "--new", "--name", "Cổng 17"],
+        ["--config", str(gateway_config), "17", "--name", "Cổng 17", "--gate", "main"]]
+    assert status == 0, text
+    assert json.loads(calls[1][1]) == {"key_hex": key.hex(), "mqtt_password": password}
+    assert gateway_key(gateway_config, 17) == key == board_files(board.port, ["/key.bin"])[
+        "/key.bin"]
 
 
 def test_selftest_passes_on_a_good_board_and_fails_on_a_dead_chip(
