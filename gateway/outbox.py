@@ -1157,9 +1157,12 @@ class OutboxService(Generic[_I]):
         await self.refresh()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop``, then stop gracefully and close the adapters."""
+        """Deliver until ``stop``, then stop gracefully and close the adapters. With no
+        adapters (forwarding or notifications turned off) only the hourly prune runs, so what
+        was kept before is still deleted after its retention."""
         try:
             if not self.adapters:
+                await self._monitor(stop)
                 return
             await self.start()
             await asyncio.gather(*(d.run(stop) for d in self.deliveries.values()),

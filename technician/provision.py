@@ -173,16 +173,37 @@ def _settings(args: argparse.Namespace, school: str, gate: str, mqtt_password: s
     return Settings(config, name, text)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class _RefusePassword(argparse.Action):
+    """``--wifi-password VALUE``: refused without repeating VALUE, which would put the password
+    on screen (and, unlisted, argparse would take it as ``--wifi-password-env``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        raise argparse.ArgumentError(self, "không nhập mật khẩu trên dòng lệnh; dùng "
+                                           "--wifi-password-env VAR hoặc trả lời câu hỏi / never "
+                                           "type a password on the command line: use "
+                                           "--wifi-password-env VAR or answer the prompt")
+
+
 def _wifi_password(args: argparse.Namespace) -> str:
-    if args.wifi_password_env:
-        value = os.environ.get(args.wifi_password_env)
+    if args.wifi_password_env is not None:
+        name = args.wifi_password_env
+        if not _ENV_NAME.fullmatch(name):  # perhaps the password itself: never shown
+            raise ProvisionError("--wifi-password-env: cần tên biến môi trường / needs the name "
+                                 "of an environment variable, e.g. WIFI_PASSWORD")
+        value = os.environ.get(name)
         if value is None:
-            raise ProvisionError(f"Biến môi trường / environment variable "
-                                 f"{args.wifi_password_env} is not set")
+            raise ProvisionError(f"Biến môi trường / environment variable {name} is not set")
         return value
     if sys.stdin.isatty():
         return getpass.getpass("Mật khẩu Wi-Fi / Wi-Fi password: ")
-    return ""
+    raise ProvisionError("Không có mật khẩu Wi-Fi: dùng --wifi-password-env VAR (biến rỗng cho "
+                         "mạng mở) hoặc chạy trên terminal / no Wi-Fi password: give "
+                         "--wifi-password-env VAR (an empty variable for an open network) or "
+                         "run it at a terminal")
 
 
 def _check_device(device: Device, wipe: bool) -> None:
@@ -370,6 +391,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--wifi-password-env", metavar="VAR",
                        help="đọc mật khẩu Wi-Fi từ biến môi trường / read the Wi-Fi password "
                             "from this environment variable (else it is asked)")
+        p.add_argument("--wifi-password", nargs="?", action=_RefusePassword,
+                       help=argparse.SUPPRESS)
         p.add_argument("--bus-address", type=int, help="địa chỉ RS-485 / RS-485 address")
         p.add_argument("--debounce-ms", type=int)
         p.add_argument("--wipe", action="store_true",

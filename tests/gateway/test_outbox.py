@@ -898,6 +898,26 @@ async def test_settled_items_are_pruned_by_age_parked_and_pending_never(
     assert await ingest.run_in_transaction(lambda c: outbox.prune(c, before_ms=NOW + 1)) == 0
 
 
+async def test_settled_items_are_pruned_even_with_every_target_turned_off(
+        ingest: Ingest, read_conn: sqlite3.Connection, clock: FakeClock) -> None:
+    """Found by the threat model's tests: with no adapter the service returned at once, so a
+    gateway whose targets (or notification channels) were turned off kept old items for ever."""
+    events = Events(ingest, ["edfi"], clock)
+    await events.many(2)
+    async with outbox_of(ingest, read_conn, clock, FakeAdapter()) as service:
+        await step(service.deliveries["edfi"])
+    assert states(read_conn) == {"delivered": 2}
+    clock.advance(POLICY.retention_ms / 1000 + 60)
+    service = OutboxService(ingest, [], read_conn, clock=clock, policy=POLICY)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    async with asyncio.timeout(5):
+        while states(read_conn):
+            await asyncio.sleep(0.01)
+    stop.set()
+    await task
+
+
 # -- configuration and adapters ----------------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ def test_the_wifi_password_is_never_taken_from_an_argument(
             names = [*action.option_strings, action.dest]
             if action.nargs == 0 or not any(w in n.lower() for n in names for w in SECRET_WORDS):
                 continue
+            if isinstance(action, provision._RefusePassword):  # takes a value only to refuse it
+                continue
             found[(command, action.dest)] = action
     assert set(found) == {("configure", "wifi_password_env"), ("replace", "wifi_password_env")}
     for action in found.values():
@@ -79,6 +81,29 @@ def test_the_wifi_password_is_never_taken_from_an_argument(
     args = provision._parser().parse_args(configure_args("/dev/ttyUSB0", gateway_config))
     with pytest.raises(provision.ProvisionError, match="TEST_WIFI_PASSWORD is not set"):
         provision._settings(args, "thcs-a", "main", "mqtt-password")
+
+    # 5. Without a terminal and without the variable: an error, not an empty password.
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(isatty=lambda: False))
+    args = provision._parser().parse_args(argv)
+    with pytest.raises(provision.ProvisionError, match="no Wi-Fi password"):
+        provision._settings(args, "thcs-a", "main", "mqtt-password")
+
+
+@pytest.mark.parametrize("given", [["--wifi-password", WIFI_PASSWORD],
+                                   [f"--wifi-password={WIFI_PASSWORD}"],
+                                   ["--wifi-password-env", WIFI_PASSWORD + "!"]])
+def test_a_password_typed_on_the_command_line_is_refused_without_being_shown(
+        gateway_config: Path, given: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the threat model's tests: ``--wifi-password X`` was taken as an abbreviation of
+    ``--wifi-password-env`` and the error then printed X as the name of a variable."""
+    argv = configure_args("/dev/ttyUSB0", gateway_config)
+    i = argv.index("--wifi-password-env")
+    argv = argv[:i] + given + argv[i + 2:]
+    with pytest.raises((SystemExit, provision.ProvisionError)) as info:
+        provision._settings(provision._parser().parse_args(argv), "thcs-a", "main", "mqtt")
+    shown = capsys.readouterr()
+    assert WIFI_PASSWORD not in shown.out + shown.err + str(info.value)
+    assert "--wifi-password" in shown.err + str(info.value)
 
 
 def test_enrol_and_replace_hand_the_secrets_to_the_gateway_on_stdin_never_in_argv(
