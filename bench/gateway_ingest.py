@@ -202,7 +202,9 @@ class Gateway:
         self.config.write_text(
             f'[gateway]\nschool = "{SCHOOL}"\ndatabase = "gateway.db"\n'
             f'master_key_file = "master.key"\n\n[mqtt]\nport = {port}\n\n'
-            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n', encoding="utf-8")
+            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n\n'
+            # as deployed (hardware/gateway/gateway.toml): the dashboard runs, and costs memory
+            f'[dashboard]\nlisten = "127.0.0.1:{free_port()}"\n', encoding="utf-8")
         conn = db.connect(workdir / "gateway.db")
         registry = Registry.open(conn, workdir / "master.key")
         self.keys = {rid: registry.register(rid, f"gate {rid}", "main").key
