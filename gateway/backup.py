@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import db
+from gateway.files import fsync_path
 from gateway.keystore import KeystoreError
 from gateway.registry import Registry, RegistryError
 
@@ -83,22 +84,6 @@ def _stamp(now: dt.datetime | None) -> str:
 
 def _pattern(database: Path) -> re.Pattern[str]:
     return re.compile(re.escape(database.stem) + r"-\d{8}T\d{6}Z\.db")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _private_empty_file(path: Path) -> None:
@@ -175,12 +160,12 @@ def backup(database: Path, directory: Path, *, keep: int = DEFAULT_KEEP,
         finally:
             conn.close()
         schema = check_file(partial)
-        _fsync_file(partial)
+        fsync_path(partial)
         try:
             os.link(partial, final)  # never replaces a file
         except FileExistsError:
             raise BackupError("exists", f"bản sao lưu đã có / {final} already exists") from None
-        _fsync_dir(directory)
+        fsync_path(directory)
     finally:
         _remove(partial)
     removed = prune(database, directory, keep)
@@ -202,7 +187,7 @@ def prune(database: Path, directory: Path, keep: int) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
-        _fsync_dir(directory)
+        fsync_path(directory)
     return removed
 
 
@@ -289,14 +274,14 @@ def restore(source: Path, database: Path, master_key_file: Path, *,
         finally:
             conn.close()
         _remove_side(staged)
-        _fsync_file(staged)
+        fsync_path(staged)
         owner = _owner_for(database)
         if owner is not None and os.geteuid() == 0:
             os.chown(staged, *owner)  # run as root: keep the service user's ownership
         refuse_if_running(database, unit)  # nobody opened it meanwhile
         replaced = _move_aside(database, stamp)
         os.rename(staged, database)
-        _fsync_dir(database.parent)
+        fsync_path(database.parent)
     finally:
         _remove(staged)
     return RestoreResult(database, source, from_schema, schema, applied, replaced)

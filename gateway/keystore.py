@@ -34,6 +34,8 @@ from typing import Literal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.files import fsync_path
+
 MASTER_KEY_LEN = 32
 NONCE_LEN = 12
 TAG_LEN = 16
@@ -123,7 +125,7 @@ def create_private_file(path: Path, data: bytes, *, what: str = "master key file
             os.link(tmp, path)
         except FileExistsError:
             return
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except OSError as exc:
         raise KeystoreError(f"{path}: cannot create {what}: {exc.strerror}") from None
     finally:
@@ -132,12 +134,6 @@ def create_private_file(path: Path, data: bytes, *, what: str = "master key file
         os.unlink(tmp)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _aad(purpose: Purpose, reader_id: int, key_id: int) -> bytes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.files import fsync_path
 from gateway.rules import SchoolCalendar, from_ms
 
 HEARTBEAT_S = 60  # the readers' default heartbeat period (protocol/SPEC.md section 6)
@@ -495,11 +496,7 @@ def atomic_file(out: Path) -> Iterator[Path]:
 def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (where the platform allows it)."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder)
 
 
 def write_csv(rows: Iterable[AttendanceRow], out: Path, zone: dt.tzinfo) -> int:
